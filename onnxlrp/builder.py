@@ -1,0 +1,140 @@
+"""Appends nodes and initializers to a graph under unique names (lrp/<node>/...), caching constants.
+
+Emitters use only this. It also hides the opset differences of the few ops whose signature changed
+(ReduceSum/Squeeze/Unsqueeze take axes as an input from opset 13, the other reductions from 18).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+class GraphBuilder:
+    """Collects new nodes and initializers; every name it creates is unique in the model."""
+
+    def __init__(self, model: onnx.ModelProto, opset: int, dtype: np.dtype) -> None:
+        self.opset = opset
+        self.dtype = np.dtype(dtype)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._taken = {v.name for v in model.graph.value_info}
+        self._taken |= {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
+        self._taken |= {t.name for t in model.graph.initializer}
+        for node in model.graph.node:
+            self._taken.update(node.output)
+            self._taken.add(node.name)
+        self._const_cache: dict[tuple, str] = {}
+        self.scope = "lrp/_"
+
+    def fresh(self, hint: str) -> str:
+        """A new unique value name under the current scope."""
+        base = f"{self.scope}/{hint}"
+        name, k = base, 1
+        while name in self._taken:
+            k += 1
+            name = f"{base}_{k}"
+        self._taken.add(name)
+        return name
+
+    def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, n_out: int = 1, **attrs):
+        """Append one node; returns its output name (or a list of names when n_out > 1)."""
+        outputs = [self.fresh(f"{hint or op_type.lower()}") for _ in range(n_out)]
+        node = helper.make_node(op_type, list(inputs), outputs, name=self.fresh(f"{op_type}_node"), **attrs)
+        self.nodes.append(node)
+        return outputs[0] if n_out == 1 else outputs
+
+    def op_named(self, op_type: str, inputs: Sequence[str], output: str, **attrs) -> str:
+        """Append one node whose output gets an exact, caller-chosen name (graph outputs)."""
+        if output in self._taken:
+            raise ValueError(f"value name {output!r} is already used in the model")
+        self._taken.add(output)
+        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=self.fresh(f"{op_type}_node"), **attrs))
+        return output
+
+    def const(self, value, dtype=None, hint: str = "const") -> str:
+        """An initializer holding value (cast to dtype, default the working float dtype); identical ones are shared."""
+        array = np.asarray(value, dtype=dtype if dtype is not None else self.dtype)
+        key = (array.dtype.str, array.shape, hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest())
+        if key not in self._const_cache:
+            name = self.fresh(hint)
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._const_cache[key] = name
+        return self._const_cache[key]
+
+    def ints(self, values: Iterable[int], hint: str = "ints") -> str:
+        """An int64 1-D initializer (shapes, axes, indices)."""
+        return self.const(np.asarray(list(values), dtype=np.int64), dtype=np.int64, hint=hint)
+
+    # ---- opset-dependent helpers -------------------------------------------------------------------------------
+    def reduce(self, op_type: str, x: str, axes: Sequence[int] | None, keepdims: bool, hint: str | None = None) -> str:
+        """ReduceSum/ReduceMean/ReduceMax over axes (all if None), axes as attribute or input as the opset wants."""
+        axes_as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
+        if axes is None:
+            return self.op(op_type, [x], hint, keepdims=int(keepdims))
+        if axes_as_input:
+            return self.op(op_type, [x, self.ints(axes, "axes")], hint, keepdims=int(keepdims))
+        return self.op(op_type, [x], hint, axes=list(axes), keepdims=int(keepdims))
+
+    def unsqueeze(self, x: str, axes: Sequence[int], hint: str | None = None) -> str:
+        """Unsqueeze with axes as attribute (opset < 13) or input."""
+        if self.opset >= 13:
+            return self.op("Unsqueeze", [x, self.ints(axes, "axes")], hint)
+        return self.op("Unsqueeze", [x], hint, axes=list(axes))
+
+    def squeeze(self, x: str, axes: Sequence[int], hint: str | None = None) -> str:
+        """Squeeze with axes as attribute (opset < 13) or input."""
+        if self.opset >= 13:
+            return self.op("Squeeze", [x, self.ints(axes, "axes")], hint)
+        return self.op("Squeeze", [x], hint, axes=list(axes))
+
+    # ---- small compositions every emitter needs -------------------------------------------------------------
+    def per_sample_sum(self, x: str, hint: str = "sum") -> str:
+        """(N, ...) -> (N,): the sum over every axis but the first (works for any rank >= 1)."""
+        flat = self.op("Reshape", [x, self.ints([0, -1], "shape")], f"{hint}_flat")
+        return self.reduce("ReduceSum", flat, [1], keepdims=False, hint=hint)
+
+    def zeros_like(self, x: str, hint: str = "zeros") -> str:
+        """A zero tensor shaped like x in the working dtype (no arithmetic on x, so NaN/Inf in x cannot leak)."""
+        shape = self.op("Shape", [x], f"{hint}_shape")
+        tensor = numpy_helper.from_array(np.zeros(1, dtype=self.dtype))
+        return self.op("ConstantOfShape", [shape], hint, value=tensor)
+
+    def ones_like(self, x: str, hint: str = "ones") -> str:
+        """A tensor of ones shaped like x in the working dtype."""
+        shape = self.op("Shape", [x], f"{hint}_shape")
+        tensor = numpy_helper.from_array(np.ones(1, dtype=self.dtype))
+        return self.op("ConstantOfShape", [shape], hint, value=tensor)
+
+    def stabilize(self, z: str, eps: float, hint: str = "den") -> tuple[str, str]:
+        """stab(z) = z + eps * sgn0(z), sgn0(0) = +1; returns (stab(z), eps * sgn0(z))."""
+        negative = self.op("Less", [z, self.const(0.0)], "is_neg")
+        shift = self.op("Where", [negative, self.const(-eps), self.const(eps)], "eps_shift")
+        return self.op("Add", [z, shift], hint), shift
+
+    def normalize(self, R: str, z: str, eps: float) -> tuple[str, str]:
+        """s = R / stab(z) and the elementwise share the stabilizer takes, s * eps * sgn0(z).
+
+        With eps = 0 (LRP-0) a unit with z == 0 exactly cannot pass relevance on: s = 0 there and its whole
+        relevance is returned as the share taken, so that conservation still balances."""
+        if eps == 0.0:
+            is_zero = self.op("Equal", [z, self.const(0.0)], "z_is_zero")
+            den = self.op("Where", [is_zero, self.const(1.0), z], "den")
+            kept = self.op("Where", [is_zero, self.const(0.0), R], "R_kept")
+            dropped = self.op("Where", [is_zero, R, self.const(0.0)], "R_dropped")
+            return self.op("Div", [kept, den], "s"), dropped
+        den, shift = self.stabilize(z, eps)
+        s = self.op("Div", [R, den], "s")
+        return s, self.op("Mul", [s, shift], "stab")
+
+    def add_all(self, names: Sequence[str], hint: str = "acc") -> str:
+        """Sum of one or more tensors of the same shape (Sum for many, the name itself for one)."""
+        names = list(names)
+        if len(names) == 1:
+            return names[0]
+        if len(names) == 2:
+            return self.op("Add", names, hint)
+        return self.op("Sum", names, hint)

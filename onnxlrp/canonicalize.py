@@ -1,0 +1,199 @@
+"""Canonicalisation: model -> model rewrites that make the graph easier to explain without changing its outputs.
+
+Each rewrite is one function; `canonicalize` runs them in order. All keep graph input/output names.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import OnnxLrpError
+from .graph import GraphIndex
+
+BYPASSED_OUTPUT_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique, non-empty name (Op_k for unnamed or duplicate ones)."""
+    seen: Counter = Counter()
+    taken = {n.name for n in model.graph.node if n.name}
+    duplicates = {name for name, c in Counter(n.name for n in model.graph.node).items() if c > 1}
+    for k, node in enumerate(model.graph.node):
+        if not node.name or node.name in duplicates:
+            base = node.name or node.op_type
+            seen[base] += 1
+            candidate = f"{base}_{seen[base]}"
+            while candidate in taken:
+                seen[base] += 1
+                candidate = f"{base}_{seen[base]}"
+            node.name = candidate
+            taken.add(candidate)
+    return model
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn Constant nodes into initializers (their values become visible to emitters as arrays)."""
+    outputs = {o.name for o in model.graph.output}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output[0] not in outputs:
+            from .graph import _constant_node_value
+            value = _constant_node_value(node)
+            if value is not None:
+                model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                continue
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def _replace_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> str:
+    """Add a new initializer with a fresh name derived from name; returns the new name."""
+    taken = {t.name for t in model.graph.initializer}
+    new, k = f"{name}_lrpfold", 1
+    while new in taken:
+        k += 1
+        new = f"{name}_lrpfold{k}"
+    model.graph.initializer.append(numpy_helper.from_array(array, new))
+    return new
+
+
+def _single_consumer(index: GraphIndex, value: str, graph_outputs: set) -> Optional[onnx.NodeProto]:
+    """The only consumer of a value, if it has exactly one and is not a graph output."""
+    users = index.consumers.get(value, [])
+    return users[0] if len(users) == 1 and value not in graph_outputs else None
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold an inference BatchNormalization into the Conv/Gemm before it:
+    w' = w * gamma / sqrt(var + eps), b' = (b - mean) * gamma / sqrt(var + eps) + beta."""
+    index = GraphIndex.build(model)
+    outputs = {o.name for o in model.graph.output}
+    removed = set()
+    for node in list(model.graph.node):
+        if node.op_type not in ("Conv", "Gemm") or node.name in removed:
+            continue
+        bn = _single_consumer(index, node.output[0], outputs)
+        if bn is None or bn.op_type != "BatchNormalization" or (len(bn.output) > 1 and any(bn.output[1:])):
+            continue
+        params = [index.constants.get(n) for n in bn.input[1:5]]
+        weight = index.constants.get(node.input[1])
+        if any(p is None for p in params) or weight is None:
+            continue
+        if node.op_type == "Gemm" and (node.input[0] in index.constants or _attr(node, "transA", 0)):
+            continue
+        scale, beta, mean, var = (p.astype(np.float64) for p in params)
+        eps = _attr(bn, "epsilon", 1e-5)
+        k = scale / np.sqrt(var + eps)
+        dtype = weight.dtype
+        bias = index.constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if node.op_type == "Conv":
+            w = weight.astype(np.float64) * k.reshape((-1,) + (1,) * (weight.ndim - 1))
+            b = np.zeros(weight.shape[0]) if bias is None else bias.astype(np.float64)
+        else:
+            alpha, beta_g = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
+            w = weight.astype(np.float64) * alpha
+            w = w * (k.reshape(-1, 1) if _attr(node, "transB", 0) else k.reshape(1, -1))
+            b = np.zeros(k.shape) if bias is None else np.broadcast_to(beta_g * bias.astype(np.float64), k.shape)
+            _set_attr(node, "alpha", 1.0)
+            _set_attr(node, "beta", 1.0)
+        new_b = (b - mean) * k + beta
+        w_name = _replace_initializer(model, node.input[1], w.astype(dtype))
+        b_name = _replace_initializer(model, node.input[1] + "_bias", new_b.astype(dtype))
+        inputs = [node.input[0], w_name, b_name]
+        del node.input[:]
+        node.input.extend(inputs)
+        node.output[0] = bn.output[0]
+        removed.add(bn.name)
+    keep = [n for n in model.graph.node if n.name not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def matmul_add_to_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """MatMul(x, W) + b on a rank-2 x with constant 2-D W and bias of shape (M,) or (1, M) -> one Gemm node,
+    so that the bias belongs to its linear node (one rule, one bias row)."""
+    index = GraphIndex.build(model)
+    outputs = {o.name for o in model.graph.output}
+    removed = set()
+    for node in list(model.graph.node):
+        if node.op_type != "MatMul":
+            continue
+        x, w_name = node.input
+        w = index.constants.get(w_name)
+        info = index.info(x)
+        if w is None or w.ndim != 2 or info is None or info.shape is None or len(info.shape) != 2:
+            continue
+        add = _single_consumer(index, node.output[0], outputs)
+        if add is None or add.op_type != "Add":
+            continue
+        other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        bias = index.constants.get(other)
+        if bias is None or bias.size != w.shape[1] or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+            continue
+        gemm = helper.make_node("Gemm", [x, w_name, _replace_initializer(model, other, bias.reshape(-1))],
+                                [add.output[0]], name=node.name)
+        node.CopyFrom(gemm)
+        removed.add(add.name)
+    keep = [n for n in model.graph.node if n.name not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def explained_tensor(model: onnx.ModelProto, output: Optional[str]) -> tuple:
+    """(graph output to explain, tensor whose value is explained): the first float output by default; a trailing
+    Softmax/LogSoftmax/Sigmoid (behind Identity/Cast) is bypassed so that the logits are explained."""
+    from .graph import FLOAT_TYPES
+    names = [o.name for o in model.graph.output]
+    floats = [o.name for o in model.graph.output
+              if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type in FLOAT_TYPES]
+    if output is None:
+        if not floats:
+            raise OnnxLrpError(f"the model has no floating-point output to explain (outputs: {', '.join(names)})")
+        output = floats[0]
+    elif output not in names:
+        raise OnnxLrpError(f"the model has no output {output!r} (outputs: {', '.join(names)})")
+    elif output not in floats:
+        raise OnnxLrpError(f"output {output!r} is not a floating-point tensor and cannot be explained")
+    producers = {o: n for n in model.graph.node for o in n.output}
+    value = output
+    while value in producers and producers[value].op_type in ("Identity", "Cast"):
+        value = producers[value].input[0]
+    node = producers.get(value)
+    if node is not None and node.op_type in BYPASSED_OUTPUT_OPS:
+        return output, node.input[0]
+    return output, output
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    """An attribute value of a node, or default."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    """Set (replace) an attribute of a node."""
+    for a in list(node.attribute):
+        if a.name == name:
+            node.attribute.remove(a)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run every rewrite in order on a copy; shapes are re-inferred at the end."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for rewrite in (name_nodes, constants_to_initializers, fold_batchnorm, matmul_add_to_gemm):
+        out = rewrite(out)
+    return out
+
+

@@ -1,0 +1,318 @@
+"""compile(): load -> canonicalize -> assign rules -> check support (all problems at once) -> emit -> model."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from . import __version__
+from .builder import GraphBuilder
+from .canonicalize import canonicalize, explained_tensor
+from .composites import Composite, load_composite
+from .emitters import NodeView, accepted_rules, lookup
+from .errors import CompileError, NodeProblem, OnnxLrpError, UnsupportedModelError
+from .graph import GraphIndex, ModelLike, load_model, opset_version
+
+METADATA_KEY = "onnxlrp"
+TARGET_INPUT = "lrp_target"
+NONNEGATIVE_OPS = {"Relu", "Sigmoid", "Softplus", "HardSigmoid", "Abs", "Exp", "Softmax"}
+NONNEGATIVE_IF_INPUTS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten",
+                         "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Concat", "Add", "Sum", "Pad",
+                         "Slice", "Gather", "Expand", "Resize", "Split"}
+HINTS = {
+    "Softmax": "only a Softmax on the explained output is bypassed; export the logits",
+    "LogSoftmax": "only a LogSoftmax on the explained output is bypassed; export the logits",
+    "If": "control flow is not supported: export with static control flow (torch.jit.trace / dynamo with fixed branches)",
+    "Loop": "control flow is not supported: unroll the loop at export time",
+    "Scan": "control flow is not supported: unroll the scan at export time",
+    "LayerNormalization": "normalisation over features is not linear; no LRP rule yet",
+}
+
+
+@dataclass
+class Plan:
+    """The compile plan: path nodes in topological order, their rules and views."""
+
+    index: GraphIndex
+    explained: str
+    output: str
+    path: set
+    nodes: list
+    rules: dict = field(default_factory=dict)
+    views: dict = field(default_factory=dict)
+    specs: dict = field(default_factory=dict)
+
+
+def _np_dtype(elem_type: int) -> np.dtype:
+    """NumPy dtype of an ONNX element type."""
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def relevance_path(index: GraphIndex, explained: str) -> set:
+    """Float values that depend (through float values only) on a float graph input and feed the explained value."""
+    reach = {n for n in index.graph_inputs if (index.info(n) is not None and index.info(n).is_float)}
+    for node in index.order:
+        if any(i in reach for i in node.input):
+            for out in node.output:
+                info = index.info(out)
+                if out and (info is None or info.is_float):
+                    reach.add(out)
+    path, stack = set(), [explained]
+    while stack:
+        value = stack.pop()
+        if value in path or value not in reach:
+            continue
+        path.add(value)
+        node = index.producer.get(value)
+        if node is not None:
+            stack.extend(i for i in node.input if i in reach)
+    return path
+
+
+def nonnegative_values(index: GraphIndex, path: set) -> frozenset:
+    """Values provably >= 0 (ReLU-like outputs and shape/pool ops of such), to skip x- terms."""
+    known = set()
+    for node in index.order:
+        if node.output[0] not in path:
+            continue
+        data = [i for i in node.input if i in path]
+        if node.op_type in NONNEGATIVE_OPS:
+            known.update(node.output)
+        elif node.op_type == "Clip":
+            low = index.constants.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+            attr_min = next((a.f for a in node.attribute if a.name == "min"), None)
+            if (low is not None and float(np.min(low)) >= 0) or (attr_min is not None and attr_min >= 0):
+                known.update(node.output)
+        elif node.op_type in NONNEGATIVE_IF_INPUTS and data and all(i in known for i in data):
+            if node.op_type in ("Add", "Sum") and any(i not in path for i in node.input if i):
+                continue
+            known.update(node.output)
+    return frozenset(known)
+
+
+def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[str]) -> Plan:
+    """Canonical model -> Plan, raising UnsupportedModelError that lists every problem at once."""
+    index = GraphIndex.build(model)
+    out_name, explained = explained_tensor(model, output)
+    path = relevance_path(index, explained)
+    if explained not in path:
+        raise OnnxLrpError(f"output {out_name!r} does not depend on any floating-point input: nothing to explain")
+    nodes = [n for n in index.order if any(o in path for o in n.output)]
+    plan = Plan(index, explained, out_name, path, nodes)
+    nonneg = nonnegative_values(index, path)
+    problems, assignable = [], []
+    for node in nodes:
+        view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
+        plan.views[node.name] = view
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}"))
+            continue
+        spec = lookup(node.op_type)
+        if spec is None:
+            problems.append(NodeProblem(node.op_type, node.name, "no relevance rule for this op",
+                                        HINTS.get(node.op_type, "")))
+            continue
+        reason = spec.check(view) if spec.check else None
+        if reason:
+            problems.append(NodeProblem(node.op_type, node.name, reason))
+            continue
+        plan.specs[node.name] = spec
+        assignable.append((node.op_type, spec.group(view), node.name))
+    assigned = composite.assign(assignable)
+    for op_type, group, name in assignable:
+        if name not in assigned:
+            problems.append(NodeProblem(op_type, name, f"no entry of composite {composite.name!r} matches it "
+                                                      f"(group {group!r})"))
+            continue
+        rule, entry = assigned[name]
+        allowed = accepted_rules(plan.specs[name], plan.views[name])
+        if not isinstance(rule, allowed):
+            names = ", ".join(sorted({r.name for r in allowed}))
+            problems.append(NodeProblem(op_type, name, f"rule {rule.name!r} from {entry.where()} does not apply "
+                                                      f"(it accepts: {names})"))
+            continue
+        plan.rules[name] = rule
+    if problems:
+        raise UnsupportedModelError(problems)
+    return plan
+
+
+def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
+    """Initial relevance: the explained value at the target (logit) or one-hot (one); returns (seed, total)."""
+    flat = b.op("Reshape", [explained, b.ints([0, -1])], "y_flat")
+    target = TARGET_INPUT
+    argmax = b.op("ArgMax", [flat], "argmax", axis=1, keepdims=0)
+    use_argmax = b.op("Less", [target, b.const(0, dtype=np.int64)], "use_argmax")
+    chosen = b.op("Where", [use_argmax, argmax, target], "target_used")
+    depth = b.op("Gather", [b.op("Shape", [flat], "y_shape"), b.const(1, dtype=np.int64)], "depth")
+    onehot = b.op("OneHot", [chosen, depth, b.const([0.0, 1.0])], "onehot", axis=-1)
+    is_target = b.op("Cast", [onehot], "is_target", to=onnx.TensorProto.BOOL)
+    value = flat if init == "logit" else b.const(1.0)
+    seed_flat = b.op("Where", [is_target, value, b.const(0.0)], "seed_flat")
+    seed = b.op("Reshape", [seed_flat, b.op("Shape", [explained], "y_full_shape")], "seed")
+    total = b.reduce("ReduceSum", seed_flat, [1], keepdims=False, hint="total")
+    return seed, total
+
+
+def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Composite] = "epsilon_plus", *,
+            params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
+            node_relevance: Union[None, str, Sequence[str]] = None) -> onnx.ModelProto:
+    """Compile a model into one graph computing its outputs plus the LRP relevance of every float input,
+    the bias relevance of every biased node, the stabilizer share and the total (seed) per sample."""
+    if init not in ("logit", "one"):
+        raise OnnxLrpError(f"init must be 'logit' or 'one', got {init!r}")
+    source = load_model(model)
+    if METADATA_KEY in {p.key for p in source.metadata_props}:
+        raise OnnxLrpError("this model is already compiled by onnxlrp; compile the original model instead")
+    comp = load_composite(composite, params)
+    canon = canonicalize(source)
+    plan = plan_model(canon, comp, output)
+    index = plan.index
+    explained_info = index.info(plan.explained)
+    if explained_info is None:
+        raise OnnxLrpError(f"the type of the explained value {plan.explained!r} is unknown")
+    dtype = _np_dtype(explained_info.elem_type)
+    b = GraphBuilder(canon, opset_version(canon), dtype)
+    seed, total = _seed(b, plan.explained, init)
+    contributions: dict = {plan.explained: [seed]}
+    bias_values, stab_values = {}, []
+    relevance_of: dict = {}
+    for node in reversed(plan.nodes):
+        outs = [b.add_all(contributions[o], "R_sum") if contributions.get(o) else None for o in node.output]
+        if all(r is None for r in outs):
+            continue
+        outs = [r if (r is not None or not o) else b.zeros_like(o, "R_none") for r, o in zip(outs, node.output)]
+        for o, r in zip(node.output, outs):
+            relevance_of[o] = r
+        rule = plan.rules[node.name]
+        b.scope = f"lrp/_/{node.name}"
+        try:
+            emitted = plan.specs[node.name].fn(b, plan.views[node.name], rule, outs)
+        except OnnxLrpError as exc:
+            raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}") from None
+        except Exception as exc:  # an emitter bug must still name the node
+            raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}) failed to compile: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        b.scope = "lrp/_"
+        for inp, r in zip(node.input, emitted.inputs):
+            if r is not None and inp in plan.path:
+                contributions.setdefault(inp, []).append(r)
+        if emitted.bias is not None:
+            bias_values[node.name] = emitted.bias
+        if emitted.stabilizer is not None:
+            stab_values.append((node.name, emitted.stabilizer))
+    return _assemble(source, canon, plan, b, contributions, bias_values, stab_values, relevance_of, total, comp,
+                     init, node_relevance)
+
+
+def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, relevance_of, total, comp, init,
+              node_relevance) -> onnx.ModelProto:
+    """Graph outputs, the target input, metadata: the finished augmented model."""
+    index = plan.index
+    elem = helper.np_dtype_to_tensor_dtype(b.dtype)
+    meta = {"version": __version__, "composite": comp.name, "params": comp.params, "init": init,
+            "output": plan.output, "explained": plan.explained, "target_input": TARGET_INPUT,
+            "relevance": {}, "bias": {}, "stabilizer": "lrp/stabilizer", "total": "lrp/total",
+            "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
+            "rules": {name: rule.describe() for name, rule in plan.rules.items()}}
+    outputs = []
+    b.scope = "lrp/_"
+    for name in index.graph_inputs:
+        info = index.info(name)
+        if info is None or not info.is_float:
+            continue
+        out = f"lrp/relevance/{name}"
+        parts = contributions.get(name)
+        value = b.add_all(parts, "R_in") if parts else b.zeros_like(name, "R_in0")
+        relevance_of[name] = value
+        if info.elem_type != elem:
+            value = b.op("Cast", [value], "R_cast", to=info.elem_type)
+        b.op_named("Identity", [value], out)
+        meta["relevance"][name] = out
+        outputs.append(helper.make_tensor_value_info(out, info.elem_type, _dims(info.shape)))
+    for node_name, value in bias_values.items():
+        out = f"lrp/bias/{node_name}"
+        b.op_named("Identity", [value], out)
+        meta["bias"][node_name] = out
+        outputs.append(helper.make_tensor_value_info(out, elem, [None, None]))
+    stab = b.add_all([v for _, v in stab_values], "stab_total") if stab_values else b.zeros_like(total, "stab0")
+    b.op_named("Identity", [stab], "lrp/stabilizer")
+    b.op_named("Identity", [total], "lrp/total")
+    b.op_named("Identity", [plan.explained], "lrp/output")
+    for out in ("lrp/stabilizer", "lrp/total"):
+        outputs.append(helper.make_tensor_value_info(out, elem, [None]))
+    logits_info = index.info(plan.explained)
+    outputs.append(helper.make_tensor_value_info("lrp/output", elem, _dims(logits_info.shape if logits_info else None)))
+    _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outputs, elem)
+
+    model = onnx.ModelProto()
+    model.CopyFrom(canon)
+    graph = model.graph
+    graph.node.extend(b.nodes)
+    graph.initializer.extend(b.initializers)
+    first = next(i for i in graph.input if i.name in index.graph_inputs) if index.graph_inputs else None
+    batch = first.type.tensor_type.shape.dim[0] if first is not None and first.type.tensor_type.shape.dim else None
+    target_vi = helper.make_tensor_value_info(TARGET_INPUT, onnx.TensorProto.INT64, ["N"])
+    if batch is not None:
+        target_vi.type.tensor_type.shape.dim[0].CopyFrom(batch)
+    graph.input.append(target_vi)
+    graph.output.extend(outputs)
+    model.ir_version = source.ir_version
+    del model.metadata_props[:]
+    model.metadata_props.extend(source.metadata_props)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise CompileError(f"internal error: the compiled graph fails the ONNX checker: {str(exc).splitlines()[0]}")
+    return model
+
+
+def _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outputs, elem) -> None:
+    """Optional per-tensor relevance outputs: 'sums' (N,) per tensor, 'all' or a list of names (whole tensors)."""
+    if node_relevance is None:
+        return
+    tensors = [o for n in plan.nodes for o in n.output if o in relevance_of]
+    tensors = list(plan.index.graph_inputs) + tensors
+    if node_relevance == "sums":
+        for name in tensors:
+            value = relevance_of.get(name)
+            if value is None:
+                continue
+            out = b.op_named("Identity", [b.per_sample_sum(value, "R_node_sum")], f"lrp/sum/{name}")
+            meta["sums"][name] = out
+            outputs.append(helper.make_tensor_value_info(out, elem, [None]))
+        for node_name, value in stab_values:
+            out = b.op_named("Identity", [value], f"lrp/stab/{node_name}")
+            meta["node_stabilizer"][node_name] = out
+            outputs.append(helper.make_tensor_value_info(out, elem, [None]))
+        return
+    wanted = tensors if node_relevance == "all" else list(node_relevance)
+    for name in wanted:
+        if name not in relevance_of:
+            known = ", ".join(t for t in tensors if t in relevance_of)
+            raise OnnxLrpError(f"no relevance flows through tensor {name!r} (tensors with relevance: {known})")
+        out = b.op_named("Identity", [relevance_of[name]], f"lrp/node/{name}")
+        meta["nodes"][name] = out
+        info = plan.index.info(name)
+        outputs.append(helper.make_tensor_value_info(out, elem, _dims(info.shape if info else None)))
+
+
+def _dims(shape) -> list:
+    """Declared output dims: static sizes where known, unnamed dims elsewhere (rank 1 if nothing is known)."""
+    if shape is None:
+        return [None]
+    return [d if isinstance(d, int) and d > 0 else None for d in shape]
+
+
+def compiled_metadata(model: onnx.ModelProto) -> Optional[dict]:
+    """The metadata onnxlrp wrote into a compiled model, None for a model it did not compile."""
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    return None

@@ -1,0 +1,138 @@
+"""Backward-relevance emitters, one per ONNX op type, in a registry keyed by op type.
+
+An emitter receives the builder, a read-only NodeView, the node's rule, and the relevance value name for each
+of the node's outputs (None where no relevance arrives). It returns an Emitted: one relevance name per node
+input (None where none flows: weights, biases, shapes), plus the bias relevance (N, units) and the stabilizer
+share (N,) it took, if any. Summing over several consumers is the compiler's business.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..builder import GraphBuilder
+from ..graph import GraphIndex, TensorInfo
+from ..rules import Rule
+
+
+@dataclass
+class NodeView:
+    """What an emitter may know about its node: op, attributes with defaults, constants, shapes, relevance flags."""
+
+    node: onnx.NodeProto
+    index: GraphIndex
+    relevant: frozenset  # names of the node's inputs that carry relevance
+    nonnegative: frozenset = frozenset()  # names of values known to be >= 0 (after Relu, ...)
+
+    @property
+    def op_type(self) -> str:
+        """The node's op type."""
+        return self.node.op_type
+
+    @property
+    def name(self) -> str:
+        """The node's (canonical, unique) name."""
+        return self.node.name
+
+    @property
+    def inputs(self) -> list:
+        """Input value names ('' for an omitted optional input)."""
+        return list(self.node.input)
+
+    @property
+    def outputs(self) -> list:
+        """Output value names."""
+        return list(self.node.output)
+
+    def attr(self, name: str, default=None):
+        """An attribute's value (ints, floats, strings decoded), or default."""
+        for a in self.node.attribute:
+            if a.name == name:
+                value = helper.get_attribute_value(a)
+                return value.decode() if isinstance(value, bytes) else value
+        return default
+
+    def const(self, name: str) -> Optional[np.ndarray]:
+        """The constant array behind a value, None if it is not constant."""
+        return self.index.constants.get(name) if name else None
+
+    def info(self, name: str) -> Optional[TensorInfo]:
+        """Static type and shape of a value."""
+        return self.index.info(name)
+
+    def shape(self, name: str) -> Optional[tuple]:
+        """Static shape of a value (None entries for unknown dims), None if the rank is unknown."""
+        info = self.index.info(name)
+        return info.shape if info is not None else None
+
+    def is_relevant(self, name: str) -> bool:
+        """True if relevance flows back into this input."""
+        return name in self.relevant
+
+
+@dataclass
+class Emitted:
+    """An emitter's result."""
+
+    inputs: list                      # relevance name per node input, or None
+    bias: Optional[str] = None        # (N, units) bias relevance
+    stabilizer: Optional[str] = None  # (N,) stabilizer share (including relevance a rule had to drop)
+
+
+EmitFn = Callable[[GraphBuilder, NodeView, Rule, list], Emitted]
+
+
+@dataclass(frozen=True)
+class EmitterSpec:
+    """A registered emitter: the function, the op group it falls in, the rule types it accepts, a support check."""
+
+    op_type: str
+    fn: EmitFn
+    group: Callable[[NodeView], str]
+    rules: object  # tuple of rule classes, or a function NodeView -> tuple
+    check: Optional[Callable[[NodeView], Optional[str]]] = None  # returns a reason when the node is unsupported
+
+
+REGISTRY: dict = {}
+
+
+def register(op_types, *, group, rules, check=None):
+    """Decorator: register fn as the emitter of each op type; group is a name or a function of the NodeView."""
+    group_fn = group if callable(group) else (lambda view, _g=group: _g)
+    names = [op_types] if isinstance(op_types, str) else list(op_types)
+
+    def wrap(fn: EmitFn) -> EmitFn:
+        for op in names:
+            if op in REGISTRY:
+                raise RuntimeError(f"emitter for {op} registered twice")
+            REGISTRY[op] = EmitterSpec(op, fn, group_fn, rules if callable(rules) else tuple(rules), check)
+        return fn
+
+    return wrap
+
+
+def accepted_rules(spec: EmitterSpec, view: NodeView) -> tuple:
+    """The rule classes an emitter accepts for this node."""
+    return spec.rules(view) if callable(spec.rules) else spec.rules
+
+
+def lookup(op_type: str) -> Optional[EmitterSpec]:
+    """The emitter registered for an op type, None if there is none."""
+    _load_families()
+    return REGISTRY.get(op_type)
+
+
+_LOADED = False
+
+
+def _load_families() -> None:
+    """Import every emitter family once so that their @register decorators run."""
+    global _LOADED
+    if _LOADED is True:
+        return
+    _LOADED = True
+    from . import arithmetic, elementwise, linear, pooling, shape  # noqa: F401

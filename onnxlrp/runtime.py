@@ -1,0 +1,250 @@
+"""Explainer and Explanation: run a compiled model in onnxruntime (CUDA when it really works, else CPU)."""
+from __future__ import annotations
+
+import contextlib
+import ctypes.util
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+
+from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
+from .errors import InputError, OnnxLrpError
+from .graph import ModelLike, load_model
+
+_PROBE_LOCK = threading.Lock()
+_CUDA_WORKS: Optional[bool] = None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the process's stderr (file descriptor 2) while onnxruntime probes providers."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def cuda_available() -> bool:
+    """True if onnxruntime's CUDA provider really initialises here (probed once, quietly)."""
+    global _CUDA_WORKS
+    with _PROBE_LOCK:
+        if _CUDA_WORKS is not None:
+            return _CUDA_WORKS
+        import onnxruntime as ort
+        _CUDA_WORKS = False
+        if "CUDAExecutionProvider" in ort.get_available_providers() and ctypes.util.find_library("cuda"):
+            model = onnx.helper.make_model(
+                onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
+                                       [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]),
+                opset_imports=[onnx.helper.make_opsetid("", 13)], ir_version=8)
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            try:
+                with _quiet_stderr():
+                    session = ort.InferenceSession(model.SerializeToString(), options,
+                                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+                _CUDA_WORKS = session.get_providers()[0] == "CUDAExecutionProvider"
+            except Exception:
+                _CUDA_WORKS = False
+        return _CUDA_WORKS
+
+
+def choose_providers(providers: Optional[Sequence[str]]) -> list:
+    """Providers to ask for: the caller's, else CUDA (when it works) then CPU."""
+    if providers:
+        return list(providers)
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_available() else ["CPUExecutionProvider"]
+
+
+@dataclass
+class Explanation:
+    """One batch's explanation: total == sum(relevance) + sum(bias) + stabilizer per sample."""
+
+    output: np.ndarray                  # (N, classes): the explained logits
+    target: np.ndarray                  # (N,) int64
+    total: np.ndarray                   # (N,) relevance put in at the output
+    relevance: dict                     # input name -> array shaped like the input
+    bias: dict                          # node name -> (N, units)
+    stabilizer: np.ndarray              # (N,) what stabilizers (and rules that drop relevance) took
+    nodes: dict = field(default_factory=dict)           # tensor name -> relevance (or (N,) sums)
+    node_stabilizer: dict = field(default_factory=dict)  # node name -> (N,) stabilizer share
+    rules: dict = field(default_factory=dict)           # node name -> rule description
+
+    def conservation(self) -> dict:
+        """Per sample: inputs, biases, stabilizer, their sum, the total and the relative error."""
+        n = self.total.shape[0]
+        inputs = sum(r.reshape(n, -1).sum(axis=1, dtype=np.float64) for r in self.relevance.values())
+        biases = sum((v.reshape(n, -1).sum(axis=1, dtype=np.float64) for v in self.bias.values()), np.zeros(n))
+        stab = self.stabilizer.astype(np.float64)
+        explained = inputs + biases + stab
+        scale = np.maximum(np.abs(self.total.astype(np.float64)), 1e-30)
+        return {"inputs": inputs, "biases": biases, "stabilizer": stab, "sum": explained,
+                "total": self.total.astype(np.float64), "relative_error": np.abs(explained - self.total) / scale}
+
+
+class Explainer:
+    """Compiles a model on the fly (or loads a compiled one) and explains batches with onnxruntime."""
+
+    def __init__(self, model: Union[ModelLike, onnx.ModelProto], composite: str = "epsilon_plus", *,
+                 params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
+                 providers: Optional[Sequence[str]] = None, node_relevance=None,
+                 session_options=None) -> None:
+        import onnxruntime as ort
+        proto = load_model(model)
+        meta = compiled_metadata(proto)
+        if meta is None:
+            proto = compile_model(proto, composite, params=params, output=output, init=init,
+                                  node_relevance=node_relevance)
+            meta = compiled_metadata(proto)
+        self.model = proto
+        self.meta = meta
+        options = session_options or ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            with _quiet_stderr():
+                self.session = ort.InferenceSession(proto.SerializeToString(), options,
+                                                    providers=choose_providers(providers))
+        except Exception as exc:
+            raise OnnxLrpError(f"onnxruntime cannot run the compiled model: {str(exc).splitlines()[0]}") from None
+        self.provider = self.session.get_providers()[0]
+        self.inputs = [i for i in self.session.get_inputs() if i.name != TARGET_INPUT]
+        self._output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def composite(self) -> str:
+        """Name of the composite the model was compiled with."""
+        return self.meta["composite"]
+
+    def _feeds(self, inputs) -> dict:
+        """Validate and convert the user's inputs into onnxruntime feeds (clear errors for every mismatch)."""
+        if not isinstance(inputs, Mapping):
+            if len(self.inputs) != 1:
+                names = ", ".join(i.name for i in self.inputs)
+                raise InputError(f"the model has {len(self.inputs)} inputs ({names}): pass a dict name -> array")
+            inputs = {self.inputs[0].name: inputs}
+        expected = {i.name: i for i in self.inputs}
+        unknown = sorted(set(inputs) - set(expected))
+        missing = sorted(set(expected) - set(inputs))
+        if unknown or missing:
+            raise InputError(f"inputs do not match the model: missing {missing or 'none'}, unknown {unknown or 'none'} "
+                             f"(expected: {', '.join(expected)})")
+        feeds, batch = {}, None
+        for name, spec in expected.items():
+            value = np.asarray(inputs[name])
+            dtype = _ORT_TYPES.get(spec.type)
+            if dtype is None:
+                raise InputError(f"input {name!r} has an unsupported type {spec.type}")
+            if value.dtype != dtype:
+                ok = (np.issubdtype(value.dtype, np.floating) and np.issubdtype(dtype, np.floating)) or (
+                    np.issubdtype(value.dtype, np.integer) and np.issubdtype(dtype, np.integer))
+                if not ok:
+                    raise InputError(f"input {name!r} has dtype {value.dtype}, expected {np.dtype(dtype).name}")
+                value = value.astype(dtype)
+            shape = spec.shape
+            if value.ndim != len(shape):
+                raise InputError(f"input {name!r} has shape {value.shape}, expected rank {len(shape)} "
+                                 f"({_shape_text(shape)})")
+            for axis, (got, want) in enumerate(zip(value.shape, shape)):
+                if isinstance(want, int) and got != want:
+                    raise InputError(f"input {name!r} has shape {value.shape}, expected {_shape_text(shape)} "
+                                     f"(axis {axis} must be {want})")
+            if value.ndim == 0:
+                raise InputError(f"input {name!r} must have a batch axis")
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                raise InputError(f"input {name!r} contains NaN or Inf")
+            if batch is None:
+                batch = value.shape[0]
+            elif value.shape[0] != batch:
+                raise InputError(f"input {name!r} has batch size {value.shape[0]}, other inputs have {batch}")
+            feeds[name] = np.ascontiguousarray(value)
+        if batch == 0:
+            raise InputError("the batch is empty")
+        return feeds, batch
+
+    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None) -> Explanation:
+        """Explain a batch: target None (argmax), one int for every sample, or N ints."""
+        feeds, batch = self._feeds(inputs)
+        feeds[TARGET_INPUT] = self._targets(target, batch)
+        try:
+            values = dict(zip(self._output_names, self.session.run(None, feeds)))
+        except Exception as exc:
+            raise InputError(f"onnxruntime rejected the inputs: {str(exc).splitlines()[0]}") from None
+        logits = values[self.meta["logits"]]
+        flat = logits.reshape(batch, -1)
+        if np.any(feeds[TARGET_INPUT] >= flat.shape[1]):
+            bad = int(feeds[TARGET_INPUT].max())
+            raise InputError(f"target {bad} is out of range: output {self.meta['output']!r} has {flat.shape[1]} classes")
+        targets = np.where(feeds[TARGET_INPUT] < 0, flat.argmax(axis=1), feeds[TARGET_INPUT]).astype(np.int64)
+        meta = self.meta
+        return Explanation(
+            output=logits, target=targets, total=values[meta["total"]],
+            relevance={k: values[v] for k, v in meta["relevance"].items()},
+            bias={k: values[v] for k, v in meta["bias"].items()},
+            stabilizer=values[meta["stabilizer"]],
+            nodes={**{k: values[v] for k, v in meta["nodes"].items()}, **{k: values[v] for k, v in meta["sums"].items()}},
+            node_stabilizer={k: values[v] for k, v in meta["node_stabilizer"].items()},
+            rules=dict(meta.get("rules", {})))
+
+    def _targets(self, target, batch: int) -> np.ndarray:
+        """Targets as (N,) int64; -1 means argmax (computed in the graph)."""
+        if target is None:
+            return np.full(batch, -1, dtype=np.int64)
+        array = np.asarray(target)
+        if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+            if not (np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array))):
+                raise InputError(f"target must be integers, got {array.dtype}")
+        array = array.astype(np.int64).reshape(-1)
+        if array.size == 1:
+            array = np.full(batch, int(array[0]), dtype=np.int64)
+        if array.size != batch:
+            raise InputError(f"got {array.size} targets for a batch of {batch}")
+        if np.any(array < 0):
+            raise InputError(f"target {int(array.min())} is negative")
+        classes = self._classes()
+        if classes is not None and np.any(array >= classes):
+            raise InputError(f"target {int(array.max())} is out of range: output {self.meta['output']!r} "
+                             f"has {classes} classes")
+        return array
+
+    def _classes(self) -> Optional[int]:
+        """Number of classes of the explained output if static."""
+        for out in self.session.get_outputs():
+            if out.name == self.meta["logits"] and out.shape and all(isinstance(d, int) for d in out.shape[1:]):
+                return int(np.prod(out.shape[1:]))
+        info = _static_classes(self.model, self.meta["explained"])
+        return info
+
+
+def _static_classes(model: onnx.ModelProto, name: str) -> Optional[int]:
+    """Number of classes of a value from the model's declared outputs/value_info, None if unknown."""
+    for vi in list(model.graph.output) + list(model.graph.value_info):
+        if vi.name == name and vi.type.HasField("tensor_type"):
+            dims = vi.type.tensor_type.shape.dim[1:]
+            if dims and all(d.HasField("dim_value") for d in dims):
+                return int(np.prod([d.dim_value for d in dims]))
+    return None
+
+
+def _shape_text(shape) -> str:
+    """A declared shape as text, symbolic dims by name."""
+    return "(" + ", ".join(str(d) if d is not None else "?" for d in shape) + ")"
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_, "tensor(int16)": np.int16,
+}
