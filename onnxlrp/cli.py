@@ -1,0 +1,182 @@
+"""The onnxlrp command line: every onnxlrp error becomes one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Sequence
+
+import click
+import numpy as np
+
+from .errors import OnnxLrpError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL = 3
+
+
+class _Group(click.Group):
+    """A click group that turns exceptions into one readable line and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OnnxLrpError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BrokenPipeError:  # output piped into head & co.
+            sys.stderr.close()
+            ctx.exit(0)
+        except MemoryError:
+            click.echo("error: out of memory (try a smaller batch)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+        except Exception as exc:  # never a bare traceback
+            if os.environ.get("ONNXLRP_DEBUG"):
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                       f"(set ONNXLRP_DEBUG=1 for the traceback)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+def parse_sets(values: Sequence[str]) -> dict:
+    """--set KEY=VALUE pairs into a params dict (values parsed by the composite loader)."""
+    params = {}
+    for item in values:
+        if "=" not in item:
+            raise OnnxLrpError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        params[key.strip()] = value.strip()
+    return params
+
+
+composite_option = click.option("--composite", "-c", default="epsilon_plus", show_default=True,
+                                help="Built-in composite name or path to a TOML composite.")
+set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                          help="Override a composite parameter (repeatable), e.g. --set low=-2.1")
+output_option = click.option("--output", "output_name", default=None, help="Graph output to explain.")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxlrp")
+def main() -> None:
+    """onnxlrp: compile ONNX models into models that explain themselves with LRP."""
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
+@composite_option
+@set_option
+@output_option
+@click.option("--init", type=click.Choice(["logit", "one"]), default="logit", show_default=True)
+@click.option("--node-relevance", default=None, help="'sums', 'all', or comma-separated tensor names.")
+def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) -> None:
+    """Compile MODEL into an augmented ONNX model (forward + relevance in one graph)."""
+    from .compiler import compile as compile_model
+    from .io import save_model
+    nodes = node_relevance if node_relevance in (None, "sums", "all") else node_relevance.split(",")
+    compiled = compile_model(model, composite, params=parse_sets(sets), output=output_name, init=init,
+                             node_relevance=nodes)
+    save_model(compiled, out)
+    outputs = [o.name for o in compiled.graph.output]
+    click.echo(f"wrote {out}: {len(compiled.graph.node)} nodes, outputs: {', '.join(outputs)}")
+
+
+@main.command("explain")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input", "-i", "input_file", required=True, help=".npy or .npz file with the batch.")
+@click.option("--target", "-t", "targets", multiple=True, type=int, help="Class to explain (one, or one per sample).")
+@composite_option
+@set_option
+@output_option
+@click.option("-o", "--out", "out", default=None, type=click.Path(dir_okay=False), help="Write the results to an .npz.")
+@click.option("--top", default=5, show_default=True, help="How many top relevant input positions to print.")
+def explain_cmd(model, input_file, targets, composite, sets, output_name, out, top) -> None:
+    """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
+    from .inputs import load_inputs
+    from .report import conservation_line, top_positions
+    from .runtime import Explainer
+    explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name)
+    inputs = load_inputs(input_file, [i.name for i in explainer.inputs])
+    target = None if not targets else (targets[0] if len(targets) == 1 else list(targets))
+    exp = explainer.explain(inputs, target)
+    n = exp.total.shape[0]
+    click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}")
+    for i in range(min(n, 8)):
+        logits = exp.output.reshape(n, -1)[i]
+        click.echo(f"sample {i}: predicted {int(logits.argmax())}, explained target {int(exp.target[i])} "
+                   f"(output {float(logits[exp.target[i]]):.6g})")
+        click.echo("  " + conservation_line(exp, i))
+        for name, rel in exp.relevance.items():
+            positions = ", ".join(f"{idx}: {val:+.4g}" for idx, val in top_positions(rel[i], top))
+            click.echo(f"  top {name}: {positions}")
+    if n > 8:
+        click.echo(f"... {n - 8} more samples (use -o to save all)")
+    if out:
+        from .report import save_explanation
+        save_explanation(exp, out)
+        click.echo(f"wrote {out}")
+
+
+@main.command("rules")
+def rules_cmd() -> None:
+    """List every built-in composite and rule, one line each, with parameters."""
+    from .composites import builtin_names, load_composite
+    from .rules import RULES, rule_parameters
+    click.echo("composites:")
+    for name in builtin_names():
+        comp = load_composite(name)
+        params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in comp.params.items())
+        click.echo(f"  {name:28s} {comp.description} [{params}]")
+    click.echo("rules:")
+    for name, cls in RULES.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        click.echo(f"  {name:12s} ({', '.join(rule_parameters(cls)) or '-'}) {doc}")
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@composite_option
+@set_option
+@output_option
+def inspect_cmd(model, composite, sets, output_name) -> None:
+    """Show the plan: one row per node with its op type, rule, parameters and whether its bias is reported."""
+    from .report import plan_rows
+    rows = plan_rows(model, composite, parse_sets(sets), output_name)
+    width = max([len(r["name"]) for r in rows] + [4])
+    click.echo(f"{'node':{width}s}  {'op':18s} {'bias':5s} rule")
+    for r in rows:
+        click.echo(f"{r['name']:{width}s}  {r['op']:18s} {'yes' if r['bias'] else '-':5s} {r['rule']}")
+
+
+@main.command("demo")
+@click.option("--out-dir", default="onnxlrp-demo", show_default=True, help="Where to write the heatmaps.")
+def demo_cmd(out_dir) -> None:
+    """Explain the shipped digits CNN on the shipped digits; print the results and write a heatmap grid."""
+    from .demo import run_demo
+    run_demo(out_dir, echo=click.echo)
+
+
+def _register_command_modules() -> None:
+    """Commands that live in their own modules (reports, benchmarks) attach themselves to `main`."""
+    from . import cli_bench, cli_reports  # noqa: F401
+
+
+_register_command_modules()
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point for tests: run the CLI and return its exit code."""
+    try:
+        main.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""CLI command: onnxlrp bench (issue 6)."""
+from __future__ import annotations
