@@ -152,8 +152,11 @@ def explained_tensor(model: onnx.ModelProto, output: Optional[str]) -> tuple:
     Softmax/LogSoftmax/Sigmoid (behind Identity/Cast) is bypassed so that the logits are explained."""
     from .graph import FLOAT_TYPES
     names = [o.name for o in model.graph.output]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    zipmapped = {o: producers[o].input[0] for o in names
+                 if o in producers and producers[o].op_type == "ZipMap"}  # skl2onnx's default probabilities
     floats = [o.name for o in model.graph.output
-              if o.type.HasField("tensor_type") and o.type.tensor_type.elem_type in FLOAT_TYPES]
+              if (o.type.HasField("tensor_type") and o.type.tensor_type.elem_type in FLOAT_TYPES) or o.name in zipmapped]
     if output is None:
         if not floats:
             raise OnnxLrpError(f"the model has no floating-point output to explain (outputs: {', '.join(names)})")
@@ -162,8 +165,7 @@ def explained_tensor(model: onnx.ModelProto, output: Optional[str]) -> tuple:
         raise OnnxLrpError(f"the model has no output {output!r} (outputs: {', '.join(names)})")
     elif output not in floats:
         raise OnnxLrpError(f"output {output!r} is not a floating-point tensor and cannot be explained")
-    producers = {o: n for n in model.graph.node for o in n.output}
-    value = output
+    value = zipmapped.get(output, output)
     while value in producers and producers[value].op_type in ("Identity", "Cast"):
         value = producers[value].input[0]
     node = producers.get(value)

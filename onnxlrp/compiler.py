@@ -45,6 +45,7 @@ class Plan:
     rules: dict = field(default_factory=dict)
     views: dict = field(default_factory=dict)
     specs: dict = field(default_factory=dict)
+    senders: dict = field(default_factory=dict)  # tensor -> [(consumer node, relevance value)], filled by compile
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -149,8 +150,8 @@ def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
     use_argmax = b.op("Less", [target, b.const(0, dtype=np.int64)], "use_argmax")
     chosen = b.op("Where", [use_argmax, argmax, target], "target_used")
     depth = b.op("Gather", [b.op("Shape", [flat], "y_shape"), b.const(1, dtype=np.int64)], "depth")
-    onehot = b.op("OneHot", [chosen, depth, b.const([0.0, 1.0])], "onehot", axis=-1)
-    is_target = b.op("Cast", [onehot], "is_target", to=onnx.TensorProto.BOOL)
+    classes = b.op("Range", [b.const(0, dtype=np.int64), depth, b.const(1, dtype=np.int64)], "classes")
+    is_target = b.op("Equal", [b.unsqueeze(chosen, [1], "target_col"), classes], "is_target")
     value = flat if init == "logit" else b.const(1.0)
     seed_flat = b.op("Where", [is_target, value, b.const(0.0)], "seed_flat")
     seed = b.op("Reshape", [seed_flat, b.op("Shape", [explained], "y_full_shape")], "seed")
@@ -201,6 +202,7 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         for inp, r in zip(node.input, emitted.inputs):
             if r is not None and inp in plan.path:
                 contributions.setdefault(inp, []).append(r)
+                plan.senders.setdefault(inp, []).append((node.name, r))
         if emitted.bias is not None:
             bias_values[node.name] = emitted.bias
         if emitted.stabilizer is not None:
@@ -218,7 +220,9 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
             "output": plan.output, "explained": plan.explained, "target_input": TARGET_INPUT,
             "relevance": {}, "bias": {}, "stabilizer": "lrp/stabilizer", "total": "lrp/total",
             "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
-            "rules": {name: rule.describe() for name, rule in plan.rules.items()}}
+            "rules": {name: rule.describe() for name, rule in plan.rules.items()},
+            "graph": [[n.name, n.op_type, [i for i in n.input if i in plan.path], [o for o in n.output if o in plan.path]]
+                      for n in plan.nodes], "edges": {}}
     outputs = []
     b.scope = "lrp/_"
     for name in index.graph_inputs:
@@ -287,6 +291,7 @@ def _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outp
             out = b.op_named("Identity", [b.per_sample_sum(value, "R_node_sum")], f"lrp/sum/{name}")
             meta["sums"][name] = out
             outputs.append(helper.make_tensor_value_info(out, elem, [None]))
+        _edge_sums(b, plan, meta, outputs, elem)
         for node_name, value in stab_values:
             out = b.op_named("Identity", [value], f"lrp/stab/{node_name}")
             meta["node_stabilizer"][node_name] = out
@@ -301,6 +306,26 @@ def _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outp
         meta["nodes"][name] = out
         info = plan.index.info(name)
         outputs.append(helper.make_tensor_value_info(out, elem, _dims(info.shape if info else None)))
+
+
+def _edge_sums(b, plan, meta, outputs, elem) -> None:
+    """Per-sample sums of what each consumer sends to a tensor read by several nodes: 'lrp/edge/<node>/<tensor>'."""
+    readers: dict = {}
+    for node in plan.nodes:
+        for name in set(node.input) & plan.path:
+            readers[name] = readers.get(name, 0) + 1
+    for name, sent in plan.senders.items():
+        by_node: dict = {}
+        for node_name, value in sent:
+            by_node.setdefault(node_name, []).append(value)
+        if readers.get(name, 0) < 2:
+            continue
+        meta["edges"][name] = {}
+        for node_name, values in by_node.items():
+            total = b.per_sample_sum(b.add_all(values, "R_edge"), "R_edge_sum")
+            out = b.op_named("Identity", [total], f"lrp/edge/{node_name}/{name}")
+            meta["edges"][name][node_name] = out
+            outputs.append(helper.make_tensor_value_info(out, elem, [None]))
 
 
 def _dims(shape) -> list:
