@@ -133,7 +133,8 @@ def train(model: nn.Module, X: np.ndarray, y: np.ndarray, seed: int) -> nn.Modul
     return model
 
 
-def export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def export(model: nn.Module, example: torch.Tensor, path: Path, keep_batchnorm: bool = False) -> None:
+    """Export in eval mode; keep_batchnorm writes BatchNormalization nodes instead of folding them into the Conv."""
     model.eval()
     torch.onnx.export(
         model,
@@ -144,6 +145,9 @@ def export(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         input_names=["input"],
         output_names=["logits"],
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        # PRESERVE keeps BatchNormalization as a graph node (running statistics, inference semantics);
+        # the default (EVAL) would fold it into the Conv before it. onnxlrp folds it itself.
+        training=torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL,
     )
     m = onnx.load(str(path))  # pulls in any external data, so the re-save below is self-contained
     if m.ir_version > MAX_IR_VERSION:
@@ -193,7 +197,7 @@ def main() -> None:
     torch.manual_seed(SEED)
     cnn = train(DigitsCNN(), img_train, y_train, SEED)
     cnn_path = HERE / "digits_cnn.onnx"
-    export(cnn, torch.from_numpy(img_test[:2]), cnn_path)
+    export(cnn, torch.from_numpy(img_test[:2]), cnn_path, keep_batchnorm=True)
     metrics["digits_cnn"] = {"test_accuracy": verify(cnn, cnn_path, img_test, y_test), "n_test": int(len(y_test))}
 
     for name, m in metrics.items():

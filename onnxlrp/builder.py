@@ -28,7 +28,18 @@ class GraphBuilder:
             self._taken.update(node.output)
             self._taken.add(node.name)
         self._const_cache: dict[tuple, str] = {}
+        # the model's own initializers by (type, shape): a constant identical to one of them reuses it (the file
+        # does not grow by a weight the model already holds); graph inputs are not reused, a caller may override them
+        overridable = {v.name for v in model.graph.input}
+        self._model_tensors: dict[tuple, list] = {}
+        for t in model.graph.initializer:
+            if t.name not in overridable:
+                self._model_tensors.setdefault((t.data_type, tuple(t.dims)), []).append(t)
         self.scope = "lrp/_"
+        # forward float values stored in another float type than the working dtype (a float16 model explained in
+        # float32, a float64 island in a float32 model): every builder op reads them through one cached Cast
+        self.foreign: set[str] = set()
+        self._as_working: dict[str, str] = {}
 
     def fresh(self, hint: str) -> str:
         """A new unique value name under the current scope."""
@@ -43,6 +54,7 @@ class GraphBuilder:
     def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, n_out: int = 1, **attrs):
         """Append one node; returns its output name (or a list of names when n_out > 1)."""
         outputs = [self.fresh(f"{hint or op_type.lower()}") for _ in range(n_out)]
+        inputs = [self.working(i) for i in inputs]
         node = helper.make_node(op_type, list(inputs), outputs, name=self.fresh(f"{op_type}_node"), **attrs)
         self.nodes.append(node)
         return outputs[0] if n_out == 1 else outputs
@@ -52,18 +64,49 @@ class GraphBuilder:
         if output in self._taken:
             raise ValueError(f"value name {output!r} is already used in the model")
         self._taken.add(output)
+        inputs = [self.working(i) for i in inputs]
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=self.fresh(f"{op_type}_node"), **attrs))
         return output
+
+    def working(self, name: str) -> str:
+        """The value itself, or for a forward value of another float type its (cached) Cast to the working dtype."""
+        if name not in self.foreign:
+            return name
+        if name not in self._as_working:
+            cast = self.fresh("as_working")
+            self.nodes.append(helper.make_node("Cast", [name], [cast], name=self.fresh("Cast_node"),
+                                               to=helper.np_dtype_to_tensor_dtype(self.dtype)))
+            self._as_working[name] = cast
+        return self._as_working[name]
 
     def const(self, value, dtype=None, hint: str = "const") -> str:
         """An initializer holding value (cast to dtype, default the working float dtype); identical ones are shared."""
         array = np.asarray(value, dtype=dtype if dtype is not None else self.dtype)
         key = (array.dtype.str, array.shape, hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest())
         if key not in self._const_cache:
-            name = self.fresh(hint)
-            self.initializers.append(numpy_helper.from_array(array, name))
+            name = self.existing(array) if array.size >= 16 else None
+            if name is None:
+                name = self.fresh(hint)
+                self.initializers.append(numpy_helper.from_array(array, name))
             self._const_cache[key] = name
         return self._const_cache[key]
+
+    def existing(self, array: np.ndarray) -> str | None:
+        """The name of a model initializer holding exactly array (same type, shape and values), None if none does."""
+        array = np.asarray(array)
+        try:
+            elem = helper.np_dtype_to_tensor_dtype(array.dtype)
+        except (KeyError, ValueError, TypeError):
+            return None
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        for tensor in self._model_tensors.get((elem, array.shape), []):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                continue
+            same = tensor.raw_data == data if tensor.HasField("raw_data") else np.array_equal(
+                numpy_helper.to_array(tensor), array)
+            if same:
+                return tensor.name
+        return None
 
     def ints(self, values: Iterable[int], hint: str = "ints") -> str:
         """An int64 1-D initializer (shapes, axes, indices)."""

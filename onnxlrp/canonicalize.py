@@ -70,13 +70,15 @@ def _single_consumer(index: GraphIndex, value: str, graph_outputs: set) -> Optio
 
 
 def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold an inference BatchNormalization into the Conv/Gemm before it:
-    w' = w * gamma / sqrt(var + eps), b' = (b - mean) * gamma / sqrt(var + eps) + beta."""
+    """Fold an inference BatchNormalization into the Conv/ConvTranspose/Gemm before it:
+    w' = w * gamma / sqrt(var + eps) per output channel, b' = (b - mean) * gamma / sqrt(var + eps) + beta."""
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()
     for node in list(model.graph.node):
-        if node.op_type not in ("Conv", "Gemm") or node.name in removed:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or node.name in removed:
+            continue
+        if len(node.input) > 2 and node.input[2] and node.input[2] not in index.constants:
             continue
         bn = _single_consumer(index, node.output[0], outputs)
         if bn is None or bn.op_type != "BatchNormalization" or (len(bn.output) > 1 and any(bn.output[1:])):
@@ -95,6 +97,11 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type == "Conv":
             w = weight.astype(np.float64) * k.reshape((-1,) + (1,) * (weight.ndim - 1))
             b = np.zeros(weight.shape[0]) if bias is None else bias.astype(np.float64)
+        elif node.op_type == "ConvTranspose":  # weight (C_in, M / group, ...): output channel g * M/group + j
+            group = _attr(node, "group", 1)
+            per_in = k.reshape(group, -1)[np.arange(weight.shape[0]) // (weight.shape[0] // group)]
+            w = weight.astype(np.float64) * per_in.reshape(per_in.shape + (1,) * (weight.ndim - 2))
+            b = np.zeros(k.shape) if bias is None else bias.astype(np.float64)
         else:
             alpha, beta_g = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
             w = weight.astype(np.float64) * alpha
@@ -114,6 +121,91 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.node[:]
     model.graph.node.extend(keep)
     return model
+
+
+def _batchnorm_affine(index: GraphIndex, bn: onnx.NodeProto) -> Optional[tuple]:
+    """(k, c) with BN(x) = k * x + c per channel, None for a BN that is not a constant inference BN."""
+    if len(bn.output) > 1 and any(bn.output[1:]):
+        return None
+    params = [index.constants.get(n) for n in bn.input[1:5]]
+    if any(p is None for p in params):
+        return None
+    scale, beta, mean, var = (p.astype(np.float64) for p in params)
+    k = scale / np.sqrt(var + _attr(bn, "epsilon", 1e-5))
+    return k, beta - mean * k
+
+
+def _zero_padded(node: onnx.NodeProto) -> bool:
+    """True for a Conv that reads no padding (a BN before it then folds exactly, also at the borders)."""
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    return auto_pad in ("NOTSET", "VALID") and not any(_attr(node, "pads", []))
+
+
+def fold_batchnorm_into_next(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold an inference BatchNormalization into the linear node that is its only consumer (BN -> Conv without
+    padding, BN -> Gemm, BN -> MatMul on rank 2): with BN(x) = k x + c per input channel, W' = W diag(k) and
+    b' = b + W c (for a Conv: the sum of each filter's taps times c of their channel)."""
+    index = GraphIndex.build(model)
+    outputs = {o.name for o in model.graph.output}
+    removed = set()
+    for bn in list(model.graph.node):
+        if bn.op_type != "BatchNormalization" or bn.name in removed:
+            continue
+        node = _single_consumer(index, bn.output[0], outputs)
+        affine = _batchnorm_affine(index, bn)
+        if node is None or affine is None or node.input[0] != bn.output[0] or node.name in removed:
+            continue
+        weight = index.constants.get(node.input[1]) if len(node.input) > 1 else None
+        has_bias = len(node.input) > 2 and node.input[2]
+        bias = index.constants.get(node.input[2]) if has_bias else None
+        if weight is None or (has_bias and bias is None):
+            continue
+        k, c = affine
+        folded = _fold_into_next(node, index, weight.astype(np.float64), bias, k, c)
+        if folded is None:
+            continue
+        w, b, op_type = folded
+        w_name = _replace_initializer(model, node.input[1], w.astype(weight.dtype))
+        b_name = _replace_initializer(model, node.input[1] + "_bias", b.astype(weight.dtype))
+        if op_type != node.op_type:  # MatMul -> Gemm to carry the bias
+            node.CopyFrom(helper.make_node("Gemm", [bn.input[0], w_name, b_name], [node.output[0]], name=node.name))
+        else:
+            inputs = [bn.input[0], w_name, b_name]
+            del node.input[:]
+            node.input.extend(inputs)
+        removed.add(bn.name)
+    keep = [n for n in model.graph.node if n.name not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def _fold_into_next(node, index, w, bias, k, c) -> Optional[tuple]:
+    """(W', b', op type) of a Conv/Gemm/MatMul that reads k x + c, None where the fold is not exact."""
+    if node.op_type == "Conv" and _zero_padded(node):
+        group = _attr(node, "group", 1)
+        out_ch, per_group = w.shape[0], w.shape[1]
+        channel = (np.arange(out_ch) // (out_ch // group))[:, None] * per_group + np.arange(per_group)[None, :]
+        b = np.zeros(out_ch) if bias is None else bias.astype(np.float64)
+        shape = (out_ch, per_group) + (1,) * (w.ndim - 2)
+        new_b = b + (w * c[channel].reshape(shape)).reshape(out_ch, -1).sum(axis=1)
+        return w * k[channel].reshape(shape), new_b, "Conv"
+    info = index.info(node.input[0])
+    rank2 = info is not None and info.shape is not None and len(info.shape) == 2
+    if node.op_type == "Gemm" and rank2 and not _attr(node, "transA", 0):
+        alpha, beta_g = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
+        trans = _attr(node, "transB", 0)
+        eff = (w.T if trans else w) * alpha  # (K, M)
+        b = np.zeros(eff.shape[1]) if bias is None else np.broadcast_to(beta_g * bias.astype(np.float64),
+                                                                        (eff.shape[1],))
+        new_w = eff * k[:, None]
+        _set_attr(node, "alpha", 1.0)
+        _set_attr(node, "beta", 1.0)
+        return (new_w.T if trans else new_w), b + c @ eff, "Gemm"
+    if node.op_type == "MatMul" and rank2 and w.ndim == 2:
+        return w * k[:, None], c @ w, "Gemm"
+    return None
 
 
 def matmul_add_to_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -194,7 +286,8 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run every rewrite in order on a copy; shapes are re-inferred at the end."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for rewrite in (name_nodes, constants_to_initializers, fold_batchnorm, matmul_add_to_gemm):
+    for rewrite in (name_nodes, constants_to_initializers, fold_batchnorm, fold_batchnorm_into_next,
+                    matmul_add_to_gemm):
         out = rewrite(out)
     return out
 

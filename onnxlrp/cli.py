@@ -57,6 +57,24 @@ set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
 output_option = click.option("--output", "output_name", default=None, help="Graph output to explain.")
 
 
+def image_options(fn):
+    """--size, --mean, --std: how an image --input (.png, .jpg) is preprocessed into a batch of one."""
+    fn = click.option("--std", default=None, metavar="S[,S,S]", help="Image input: divide by this per channel.")(fn)
+    fn = click.option("--mean", default=None, metavar="M[,M,M]",
+                      help="Image input: subtract this per channel (after scaling pixels to [0, 1]).")(fn)
+    fn = click.option("--size", default=None, metavar="H,W",
+                      help="Image input: resize to H,W (or one int); default: the model's static size.")(fn)
+    return fn
+
+
+def read_inputs(explainer, input_file: str, size: Optional[str], mean: Optional[str], std: Optional[str]) -> dict:
+    """The batch in input_file (.npy, .npz or an image preprocessed for the explainer's single input)."""
+    from .inputs import load_inputs, options_for_shape, parse_floats, parse_size
+    shape = explainer.inputs[0].shape if len(explainer.inputs) == 1 else []
+    options = options_for_shape(shape, parse_size(size), parse_floats(mean, "--mean"), parse_floats(std, "--std"))
+    return load_inputs(input_file, [i.name for i in explainer.inputs], image=options)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="onnxlrp")
 def main() -> None:
@@ -85,20 +103,26 @@ def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) 
 
 @main.command("explain")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--input", "-i", "input_file", required=True, help=".npy or .npz file with the batch.")
+@click.option("--input", "-i", "input_file", required=True, help=".npy, .npz or image (.png, .jpg) with the batch.")
 @click.option("--target", "-t", "targets", multiple=True, type=int, help="Class to explain (one, or one per sample).")
 @composite_option
 @set_option
 @output_option
 @click.option("-o", "--out", "out", default=None, type=click.Path(dir_okay=False), help="Write the results to an .npz.")
 @click.option("--top", default=5, show_default=True, help="How many top relevant input positions to print.")
-def explain_cmd(model, input_file, targets, composite, sets, output_name, out, top) -> None:
+@image_options
+@click.option("--heatmap", default=None, type=click.Path(dir_okay=False),
+              help="Write a PNG: relevance heatmaps for image inputs, a bar chart of the top features otherwise.")
+@click.option("--overlay", is_flag=True, help="Heatmap: draw the relevance over the input image, not beside it.")
+@click.option("--feature-names", default=None, type=click.Path(dir_okay=False),
+              help="Heatmap of flat inputs: a text file with one feature name per line.")
+def explain_cmd(model, input_file, targets, composite, sets, output_name, out, top, size, mean, std, heatmap,
+                overlay, feature_names) -> None:
     """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
-    from .inputs import load_inputs
     from .report import conservation_line, top_positions
     from .runtime import Explainer
     explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name)
-    inputs = load_inputs(input_file, [i.name for i in explainer.inputs])
+    inputs = read_inputs(explainer, input_file, size, mean, std)
     target = None if not targets else (targets[0] if len(targets) == 1 else list(targets))
     exp = explainer.explain(inputs, target)
     n = exp.total.shape[0]
@@ -117,6 +141,12 @@ def explain_cmd(model, input_file, targets, composite, sets, output_name, out, t
         from .report import save_explanation
         save_explanation(exp, out)
         click.echo(f"wrote {out}")
+    if heatmap:
+        from .heatmap import save_explanation_heatmaps
+        from .inputs import load_feature_names
+        names = load_feature_names(feature_names) if feature_names else None
+        for path in save_explanation_heatmaps(heatmap, exp, inputs, names=names, overlay=overlay, top=top):
+            click.echo(f"wrote heatmap {path}")
 
 
 @main.command("rules")
@@ -152,10 +182,11 @@ def inspect_cmd(model, composite, sets, output_name) -> None:
 
 @main.command("demo")
 @click.option("--out-dir", default="onnxlrp-demo", show_default=True, help="Where to write the heatmaps.")
-def demo_cmd(out_dir) -> None:
+@composite_option
+def demo_cmd(out_dir, composite) -> None:
     """Explain the shipped digits CNN on the shipped digits; print the results and write a heatmap grid."""
     from .demo import run_demo
-    run_demo(out_dir, echo=click.echo)
+    run_demo(out_dir, echo=click.echo, composite=composite)
 
 
 def _register_command_modules() -> None:

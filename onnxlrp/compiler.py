@@ -1,6 +1,7 @@
 """compile(): load -> canonicalize -> assign rules -> check support (all problems at once) -> emit -> model."""
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -14,10 +15,13 @@ from .builder import GraphBuilder
 from .canonicalize import canonicalize, explained_tensor
 from .composites import Composite, load_composite
 from .emitters import NodeView, accepted_rules, lookup
-from .errors import CompileError, NodeProblem, OnnxLrpError, UnsupportedModelError
-from .graph import GraphIndex, ModelLike, load_model, opset_version
+from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, UnsupportedModelError
+from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
 
 METADATA_KEY = "onnxlrp"
+# graph outputs that carry forward values or the seed, not relevance: _unscale_outputs leaves them alone
+UNSCALED_OUTPUTS = ("lrp/total", "lrp/output")
+LOW_PRECISION_FLOATS = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 TARGET_INPUT = "lrp_target"
 NONNEGATIVE_OPS = {"Relu", "Sigmoid", "Softplus", "HardSigmoid", "Abs", "Exp", "Softmax"}
 NONNEGATIVE_IF_INPUTS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten",
@@ -30,7 +34,19 @@ HINTS = {
     "Loop": "control flow is not supported: unroll the loop at export time",
     "Scan": "control flow is not supported: unroll the scan at export time",
     "LayerNormalization": "normalisation over features is not linear; no LRP rule yet",
+    "InstanceNormalization": "normalisation over features is not linear; no LRP rule yet",
+    "GroupNormalization": "normalisation over features is not linear; no LRP rule yet",
+    "Einsum": "rewrite the contraction as MatMul or Gemm with a constant operand",
+    "Upsample": "Upsample is deprecated: re-export with opset >= 10 (Resize)",
+    **{op: "quantized graphs are not supported: explain the float model before quantization"
+       for op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                  "MatMulInteger", "ConvInteger")},
 }
+DOMAIN_HINTS = {
+    "com.microsoft": "an onnxruntime contrib op (fused by graph optimisation?): explain the model as exported, "
+                     "before onnxruntime's optimisations",
+}
+CUSTOM_DOMAIN_HINT = "custom ops cannot be explained: export with standard ONNX ops"
 
 
 @dataclass
@@ -46,6 +62,7 @@ class Plan:
     views: dict = field(default_factory=dict)
     specs: dict = field(default_factory=dict)
     senders: dict = field(default_factory=dict)  # tensor -> [(consumer node, relevance value)], filled by compile
+    seed_scale: Optional[str] = None  # (N,) factor every relevance output is multiplied by (see _seed)
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -53,11 +70,29 @@ def _np_dtype(elem_type: int) -> np.dtype:
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
 
 
+def working_dtype(elem_type: int) -> np.dtype:
+    """The dtype relevance is computed in: the explained output's, but float32 for float16/bfloat16 models.
+
+    float16 cannot hold LRP's intermediate values: the default stabilizer 1e-6 lies below its smallest normal number
+    (6.1e-5), s = R / stab(z) overflows its range (65504) as soon as |R| > 0.066 at a unit with z near 0, and
+    onnxruntime's CPU provider has no float16 ScatterElements(add) (max pooling). The forward pass stays in
+    float16; the relevance graph reads each forward value through a Cast to float32, and relevance is reported in
+    float32."""
+    if elem_type in LOW_PRECISION_FLOATS:
+        return np.dtype(np.float32)
+    return _np_dtype(elem_type)
+
+
+def _non_finite(array: Optional[np.ndarray]) -> bool:
+    """True for a floating-point constant holding NaN or Inf."""
+    return array is not None and array.dtype.kind == "f" and not bool(np.all(np.isfinite(array)))
+
+
 def relevance_path(index: GraphIndex, explained: str) -> set:
     """Float values that depend (through float values only) on a float graph input and feed the explained value."""
     reach = {n for n in index.graph_inputs if (index.info(n) is not None and index.info(n).is_float)}
     for node in index.order:
-        if any(i in reach for i in node.input):
+        if any(i in reach for i in all_inputs(node)):  # implicit inputs too: If/Loop bodies read outer values
             for out in node.output:
                 info = index.info(out)
                 if out and (info is None or info.is_float):
@@ -70,7 +105,7 @@ def relevance_path(index: GraphIndex, explained: str) -> set:
         path.add(value)
         node = index.producer.get(value)
         if node is not None:
-            stack.extend(i for i in node.input if i in reach)
+            stack.extend(i for i in all_inputs(node) if i in reach)
     return path
 
 
@@ -110,7 +145,13 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
         view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
         plan.views[node.name] = view
         if node.domain not in ("", "ai.onnx"):
-            problems.append(NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}"))
+            problems.append(NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}",
+                                        DOMAIN_HINTS.get(node.domain, CUSTOM_DOMAIN_HINT)))
+            continue
+        broken = [i for i in node.input if _non_finite(index.constants.get(i))]
+        if broken:  # NaN/Inf weights make every relevance NaN: refuse them instead of explaining garbage
+            problems.append(NodeProblem(node.op_type, node.name, f"its constant input {broken[0]!r} holds NaN or Inf",
+                                        "the model file is corrupt or its training diverged"))
             continue
         spec = lookup(node.op_type)
         if spec is None:
@@ -143,7 +184,8 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
 
 
 def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
-    """Initial relevance: the explained value at the target (logit) or one-hot (one); returns (seed, total)."""
+    """Initial relevance: the explained value at the target (logit) or one-hot (one), divided by its magnitude;
+    returns (unit seed, total, (N,) scale)."""
     flat = b.op("Reshape", [explained, b.ints([0, -1])], "y_flat")
     target = TARGET_INPUT
     argmax = b.op("ArgMax", [flat], "argmax", axis=1, keepdims=0)
@@ -154,11 +196,40 @@ def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
     is_target = b.op("Equal", [b.unsqueeze(chosen, [1], "target_col"), classes], "is_target")
     value = flat if init == "logit" else b.const(1.0)
     seed_flat = b.op("Where", [is_target, value, b.const(0.0)], "seed_flat")
-    seed = b.op("Reshape", [seed_flat, b.op("Shape", [explained], "y_full_shape")], "seed")
     total = b.reduce("ReduceSum", seed_flat, [1], keepdims=False, hint="total")
-    return seed, total
+    # Relevance is linear in the seed (every rule maps R linearly for a fixed forward pass), so the backward pass
+    # runs on a unit seed, seed / |total| per sample, and _unscale_outputs multiplies every relevance output back.
+    # Without it s = R / stab(z) overflows once |R| > eps * max_float (1e-6 * 3.4e38 in float32, inputs near
+    # 1e30-1e35): a unit whose z is exactly 0 (a receptive field of zeros, the z+ of a dead layer) gets s = inf, and
+    # inf * 0 (a zero input or a zero weight in x * W^T s) is NaN, which then spreads to every input.
+    magnitude = b.op("Abs", [total], "seed_abs")
+    is_zero = b.op("Equal", [magnitude, b.const(0.0)], "seed_is_zero")
+    scale = b.op("Where", [is_zero, b.const(1.0), magnitude], "seed_scale")
+    unit = b.op("Div", [seed_flat, b.unsqueeze(scale, [1], "seed_scale_col")], "seed_unit")
+    seed = b.op("Reshape", [unit, b.op("Shape", [explained], "y_full_shape")], "seed")
+    return seed, total, scale
 
 
+def _blame_inconsistent_models(fn):
+    """Decorator: a crash while compiling a model that strict ONNX shape inference rejects (a Conv whose kernel_shape
+    contradicts its weight, ...) becomes a ModelLoadError saying so; on a consistent model the crash, an onnxlrp bug,
+    propagates unchanged."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        try:
+            return fn(model, *args, **kwargs)
+        except Exception as exc:
+            crashed = not isinstance(exc, OnnxLrpError) or (
+                isinstance(exc, CompileError) and exc.__cause__ is not None
+                and not isinstance(exc.__cause__, OnnxLrpError))
+            problem = inconsistency(model) if crashed else None
+            if problem is None:
+                raise
+            raise ModelLoadError(problem) from exc
+    return wrapper
+
+
+@_blame_inconsistent_models
 def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Composite] = "epsilon_plus", *,
             params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
             node_relevance: Union[None, str, Sequence[str]] = None) -> onnx.ModelProto:
@@ -176,9 +247,11 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
     explained_info = index.info(plan.explained)
     if explained_info is None:
         raise OnnxLrpError(f"the type of the explained value {plan.explained!r} is unknown")
-    dtype = _np_dtype(explained_info.elem_type)
+    dtype = working_dtype(explained_info.elem_type)
     b = GraphBuilder(canon, opset_version(canon), dtype)
-    seed, total = _seed(b, plan.explained, init)
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    b.foreign = {name for name, info in index.infos.items() if info.is_float and info.elem_type != elem}
+    seed, total, plan.seed_scale = _seed(b, plan.explained, init)
     contributions: dict = {plan.explained: [seed]}
     bias_values, stab_values = {}, []
     relevance_of: dict = {}
@@ -221,8 +294,8 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
             "relevance": {}, "bias": {}, "stabilizer": "lrp/stabilizer", "total": "lrp/total",
             "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
             "rules": {name: rule.describe() for name, rule in plan.rules.items()},
-            "graph": [[n.name, n.op_type, [i for i in n.input if i in plan.path], [o for o in n.output if o in plan.path]]
-                      for n in plan.nodes], "edges": {}}
+            "graph": [[n.name, n.op_type, [i for i in n.input if i in plan.path],
+                       [o for o in n.output if o in plan.path]] for n in plan.nodes], "edges": {}}
     outputs = []
     b.scope = "lrp/_"
     for name in index.graph_inputs:
@@ -233,11 +306,12 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
         parts = contributions.get(name)
         value = b.add_all(parts, "R_in") if parts else b.zeros_like(name, "R_in0")
         relevance_of[name] = value
-        if info.elem_type != elem:
-            value = b.op("Cast", [value], "R_cast", to=info.elem_type)
+        out_type = elem if info.elem_type in LOW_PRECISION_FLOATS else info.elem_type  # see working_dtype
+        if out_type != elem:
+            value = b.op("Cast", [value], "R_cast", to=out_type)
         b.op_named("Identity", [value], out)
         meta["relevance"][name] = out
-        outputs.append(helper.make_tensor_value_info(out, info.elem_type, _dims(info.shape)))
+        outputs.append(helper.make_tensor_value_info(out, out_type, _dims(info.shape)))
     for node_name, value in bias_values.items():
         out = f"lrp/bias/{node_name}"
         b.op_named("Identity", [value], out)
@@ -252,6 +326,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     logits_info = index.info(plan.explained)
     outputs.append(helper.make_tensor_value_info("lrp/output", elem, _dims(logits_info.shape if logits_info else None)))
     _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outputs, elem)
+    _unscale_outputs(b, outputs, plan.seed_scale)
 
     model = onnx.ModelProto()
     model.CopyFrom(canon)
@@ -326,6 +401,31 @@ def _edge_sums(b, plan, meta, outputs, elem) -> None:
             out = b.op_named("Identity", [total], f"lrp/edge/{node_name}/{name}")
             meta["edges"][name][node_name] = out
             outputs.append(helper.make_tensor_value_info(out, elem, [None]))
+
+
+def _unscale_outputs(b: GraphBuilder, outputs: list, scale: Optional[str]) -> None:
+    """Multiply every float output but UNSCALED_OUTPUTS by the per-sample seed scale (see _seed): the node that
+    wrote the output now writes a fresh name, and a per-sample product writes the output's name."""
+    if scale is None:
+        return
+    wanted = {vi.name: vi.type.tensor_type.elem_type for vi in outputs
+              if vi.name not in UNSCALED_OUTPUTS and vi.type.tensor_type.elem_type in FLOAT_TYPES}
+    working = helper.np_dtype_to_tensor_dtype(b.dtype)
+    b.scope = "lrp/_/unscale"
+    factors: dict = {working: b.unsqueeze(scale, [1], "scale_col")}
+    for node in list(b.nodes):
+        if len(node.output) != 1 or node.output[0] not in wanted:
+            continue
+        out, elem = node.output[0], wanted[node.output[0]]
+        inner = b.fresh("R_unit")
+        node.output[0] = inner
+        if elem not in factors:
+            factors[elem] = b.op("Cast", [factors[working]], "scale_cast", to=elem)
+        flat = b.op("Reshape", [inner, b.ints([0, -1])], "R_flat")
+        product = b.op("Mul", [flat, factors[elem]], "R_scaled")
+        b.nodes.append(helper.make_node("Reshape", [product, b.op("Shape", [inner], "R_shape")], [out],
+                                        name=b.fresh("Reshape_node")))
+    b.scope = "lrp/_"
 
 
 def _dims(shape) -> list:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -136,13 +135,8 @@ def _parse_value(value):
 
 def builtin_dir() -> Path:
     """The folder holding the built-in composites (the top-level rules/ folder, shipped in the wheel)."""
-    try:
-        folder = Path(str(resources.files("onnxlrp._rules")))
-        if folder.is_dir():
-            return folder
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "rules"
+    from .data import data_folder
+    return data_folder("onnxlrp._rules", "base.toml") or Path(__file__).resolve().parent.parent / "rules"
 
 
 def builtin_names() -> list:

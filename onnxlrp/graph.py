@@ -25,7 +25,10 @@ def _check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (base / location).resolve()
+        try:
+            target = (base / location).resolve()
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+            raise ModelLoadError(f"external data of tensor {tensor.name!r} has an invalid location {location!r}")
         if os.path.isabs(location) or (base != target and base not in target.parents):
             raise ModelLoadError(
                 f"external data of tensor {tensor.name!r} points outside the model's folder: {location!r} (refused)")
@@ -34,12 +37,51 @@ def _check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
 
 
 def _all_tensors(model: onnx.ModelProto):
-    """Every TensorProto of the main graph: initializers and Constant node values."""
-    yield from model.graph.initializer
-    for node in model.graph.node:
+    """Every TensorProto that may point to external data: initializers (sparse too) and tensor attributes of the
+    main graph, of every subgraph (If/Loop/Scan bodies) and of local functions, a superset of what onnx loads."""
+    yield from _graph_tensors(model.graph)
+    for function in model.functions:
+        yield from _node_tensors(function.node)
+
+
+def _graph_tensors(graph: onnx.GraphProto):
+    """The tensors of one graph and its subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    """The tensors in node attributes, recursing into subgraphs."""
+    for node in nodes:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
+            if attr.HasField("t"):
                 yield attr.t
+            yield from attr.tensors
+            for sparse in ([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []) + list(attr.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
+            for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graph_tensors(graph)
+
+
+def subgraph_inputs(node: onnx.NodeProto) -> list:
+    """Outer-scope values that a node's subgraphs (If/Loop/Scan bodies) read without listing them as inputs."""
+    names: list = []
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            defined |= {t.values.name for t in graph.sparse_initializer}
+            for inner in graph.node:
+                names.extend(n for n in list(inner.input) + subgraph_inputs(inner) if n and n not in defined)
+                defined.update(inner.output)
+    return list(dict.fromkeys(names))
+
+
+def all_inputs(node: onnx.NodeProto) -> list:
+    """A node's inputs followed by the outer-scope values its subgraphs read (its implicit inputs)."""
+    explicit = list(node.input)
+    return explicit + [n for n in subgraph_inputs(node) if n not in explicit]
 
 
 def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
@@ -47,6 +89,11 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
+        _check_text(proto, "the model")
+        external = next((t.name for t in _all_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL), None)
+        if external is not None:  # its location is relative to a folder an in-memory model does not know
+            raise ModelLoadError(f"tensor {external!r} of this in-memory model keeps its data in an external file: "
+                                 f"pass the model's path instead, or load it with onnx.load(path)")
     else:
         path = Path(model)
         if not path.exists():
@@ -61,6 +108,7 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
             raise ModelLoadError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {_first_line(exc)})")
         if not proto.graph.node and not proto.graph.output:
             raise ModelLoadError(f"{path} is not an ONNX model (no graph in it)")
+        _check_text(proto, str(path))
         _check_external_locations(proto, path.parent)
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
@@ -71,13 +119,66 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
             onnx.checker.check_model(proto)
         except Exception as exc:
             raise ModelLoadError(f"the model fails the ONNX checker: {_first_line(exc)}")
+    _check_tensor_data(proto)
     return proto
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def inconsistency(model: ModelLike) -> str | None:
+    """Why strict ONNX shape inference rejects a model (types or shapes that contradict each other), else None."""
+    try:
+        proto = load_model(model)
+    except ModelLoadError as exc:
+        return str(exc)
+    try:
+        shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        return f"the model is inconsistent: {_first_line(exc)}"
+    return None
+
+
+def _invalid_text(message) -> bytes | None:
+    """The first string field that is not valid UTF-8 (protobuf hands such strings back as bytes), else None."""
+    if isinstance(message, onnx.TensorProto):  # skip the (possibly huge) data fields
+        fields = [message.name, message.doc_string] + [v for e in message.external_data for v in (e.key, e.value)]
+        return next((v for v in fields if isinstance(v, bytes)), None)
+    for descriptor, value in message.ListFields():
+        values = value if hasattr(value, "__len__") and not isinstance(value, (str, bytes)) else [value]
+        if descriptor.type == descriptor.TYPE_STRING:
+            bad = next((v for v in values if isinstance(v, bytes)), None)
+        elif descriptor.type == descriptor.TYPE_MESSAGE:
+            bad = next((b for b in map(_invalid_text, values) if b is not None), None)
+        else:
+            continue
+        if bad is not None:
+            return bad
+    return None
+
+
+def _check_text(proto: onnx.ModelProto, what: str) -> None:
+    """Refuse a model whose names or strings are not valid UTF-8 (a corrupt file)."""
+    bad = _invalid_text(proto)
+    if bad is not None:
+        raise ModelLoadError(f"{what} holds a name that is not valid UTF-8 ({bytes(bad[:40])!r}): the file is corrupt")
+
+
+def _check_tensor_data(proto: onnx.ModelProto) -> None:
+    """Every tensor (initializers, Constant values, subgraphs) must hold exactly as many values as its shape says."""
+    for tensor in _all_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        try:
+            numpy_helper.to_array(tensor)
+        except Exception as exc:
+            raise ModelLoadError(f"tensor {tensor.name!r} is malformed (shape {list(tensor.dims)}): "
+                                 f"{_first_line(exc, 120)}") from None
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line: lines joined, whitespace collapsed, at most limit characters."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text or type(exc).__name__
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -148,12 +249,12 @@ class GraphIndex:
             for out in node.output:
                 if out:
                     index.producer[out] = node
-            for inp in node.input:
+            for inp in all_inputs(node):
                 if inp:
                     index.consumers.setdefault(inp, []).append(node)
         position = {id(n): i for i, n in enumerate(graph.node)}
         for i, node in enumerate(graph.node):
-            for inp in node.input:
+            for inp in all_inputs(node):
                 if inp in index.producer:
                     dag.add_edge(position[id(index.producer[inp])], i)
         try:

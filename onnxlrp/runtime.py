@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
-from .errors import InputError, OnnxLrpError
+from .errors import InputError, ModelLoadError, OnnxLrpError
 from .graph import ModelLike, load_model
 
 _PROBE_LOCK = threading.Lock()
@@ -82,6 +82,8 @@ class Explanation:
     nodes: dict = field(default_factory=dict)           # tensor name -> relevance (or (N,) sums)
     node_stabilizer: dict = field(default_factory=dict)  # node name -> (N,) stabilizer share
     rules: dict = field(default_factory=dict)           # node name -> rule description
+    graph: list = field(default_factory=list)           # [(node, op type, relevance inputs, outputs)], graph order
+    edges: dict = field(default_factory=dict)           # tensor -> {consumer node: (N,) relevance it sent back}
 
     def conservation(self) -> dict:
         """Per sample: inputs, biases, stabilizer, their sum, the total and the relative error."""
@@ -103,7 +105,7 @@ class Explainer:
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
                  session_options=None) -> None:
         import onnxruntime as ort
-        proto = load_model(model)
+        proto = source = load_model(model)
         meta = compiled_metadata(proto)
         if meta is None:
             proto = compile_model(proto, composite, params=params, output=output, init=init,
@@ -118,7 +120,7 @@ class Explainer:
                 self.session = ort.InferenceSession(proto.SerializeToString(), options,
                                                     providers=choose_providers(providers))
         except Exception as exc:
-            raise OnnxLrpError(f"onnxruntime cannot run the compiled model: {str(exc).splitlines()[0]}") from None
+            raise _session_error(source, exc) from None
         self.provider = self.session.get_providers()[0]
         self.inputs = [i for i in self.session.get_inputs() if i.name != TARGET_INPUT]
         self._output_names = [o.name for o in self.session.get_outputs()]
@@ -143,16 +145,10 @@ class Explainer:
                              f"(expected: {', '.join(expected)})")
         feeds, batch = {}, None
         for name, spec in expected.items():
-            value = np.asarray(inputs[name])
             dtype = _ORT_TYPES.get(spec.type)
             if dtype is None:
                 raise InputError(f"input {name!r} has an unsupported type {spec.type}")
-            if value.dtype != dtype:
-                ok = (np.issubdtype(value.dtype, np.floating) and np.issubdtype(dtype, np.floating)) or (
-                    np.issubdtype(value.dtype, np.integer) and np.issubdtype(dtype, np.integer))
-                if not ok:
-                    raise InputError(f"input {name!r} has dtype {value.dtype}, expected {np.dtype(dtype).name}")
-                value = value.astype(dtype)
+            value = _converted(name, inputs[name], np.dtype(dtype))
             shape = spec.shape
             if value.ndim != len(shape):
                 raise InputError(f"input {name!r} has shape {value.shape}, expected rank {len(shape)} "
@@ -163,8 +159,6 @@ class Explainer:
                                      f"(axis {axis} must be {want})")
             if value.ndim == 0:
                 raise InputError(f"input {name!r} must have a batch axis")
-            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
-                raise InputError(f"input {name!r} contains NaN or Inf")
             if batch is None:
                 batch = value.shape[0]
             elif value.shape[0] != batch:
@@ -181,9 +175,13 @@ class Explainer:
         try:
             values = dict(zip(self._output_names, self.session.run(None, feeds)))
         except Exception as exc:
-            raise InputError(f"onnxruntime rejected the inputs: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
         logits = values[self.meta["logits"]]
+        if logits.size == 0 or logits.size % batch or logits.shape[:1] != (batch,):
+            raise OnnxLrpError(f"output {self.meta['output']!r} has shape {logits.shape}, which is not one row per "
+                               f"sample of the batch of {batch}")
         flat = logits.reshape(batch, -1)
+        _check_finite(values, self.meta, flat)
         if np.any(feeds[TARGET_INPUT] >= flat.shape[1]):
             bad = int(feeds[TARGET_INPUT].max())
             raise InputError(f"target {bad} is out of range: output {self.meta['output']!r} has {flat.shape[1]} classes")
@@ -196,16 +194,26 @@ class Explainer:
             stabilizer=values[meta["stabilizer"]],
             nodes={**{k: values[v] for k, v in meta["nodes"].items()}, **{k: values[v] for k, v in meta["sums"].items()}},
             node_stabilizer={k: values[v] for k, v in meta["node_stabilizer"].items()},
-            rules=dict(meta.get("rules", {})))
+            rules=dict(meta.get("rules", {})),
+            graph=[tuple(entry) for entry in meta.get("graph", [])],
+            edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()})
 
     def _targets(self, target, batch: int) -> np.ndarray:
         """Targets as (N,) int64; -1 means argmax (computed in the graph)."""
         if target is None:
             return np.full(batch, -1, dtype=np.int64)
-        array = np.asarray(target)
+        try:
+            array = np.asarray(target)
+        except (ValueError, TypeError):
+            raise InputError("target must be one int or a flat list of ints, one per sample") from None
         if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
-            if not (np.issubdtype(array.dtype, np.floating) and np.all(array == np.round(array))):
+            if not (np.issubdtype(array.dtype, np.floating) and np.all(np.isfinite(array))
+                    and np.all(array == np.round(array))):
                 raise InputError(f"target must be integers, got {array.dtype}")
+        if array.ndim > 1:
+            raise InputError(f"target must be one int or a flat list of ints, one per sample; got shape {array.shape}")
+        if array.size and np.any(array > np.iinfo(np.int64).max):  # before the cast to int64 wraps it around
+            raise InputError(f"target {array.max()} is out of range")
         array = array.astype(np.int64).reshape(-1)
         if array.size == 1:
             array = np.full(batch, int(array[0]), dtype=np.int64)
@@ -236,6 +244,66 @@ def _static_classes(model: onnx.ModelProto, name: str) -> Optional[int]:
             if dims and all(d.HasField("dim_value") for d in dims):
                 return int(np.prod([d.dim_value for d in dims]))
     return None
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line of at most limit characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _session_error(source: onnx.ModelProto, exc: Exception) -> OnnxLrpError:
+    """Tell a model that onnxruntime cannot run at all from a compiled graph that it cannot run (an onnxlrp bug)."""
+    import onnxruntime as ort
+    try:
+        with _quiet_stderr():
+            ort.InferenceSession(source.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as own:
+        return ModelLoadError(f"onnxruntime cannot run the model itself: {_one_line(own)}")
+    return OnnxLrpError(f"onnxruntime cannot run the compiled model (please report this): {_one_line(exc)}")
+
+
+def _check_finite(values: dict, meta: dict, flat: np.ndarray) -> None:
+    """Refuse to hand back NaN or Inf: a forward pass that overflowed has nothing to explain, and relevance that
+    overflowed while the output is finite is reported instead of returned."""
+    bad = np.flatnonzero(~np.all(np.isfinite(flat), axis=1))
+    if bad.size:
+        raise InputError(f"output {meta['output']!r} is NaN or Inf for sample(s) {bad[:8].tolist()}: the model's "
+                         f"forward pass overflows on this input, nothing to explain")
+    names = [meta["total"], meta["stabilizer"], *meta["relevance"].values(), *meta["bias"].values()]
+    broken = [name for name in names if not np.all(np.isfinite(values[name]))]
+    if broken:
+        raise OnnxLrpError(f"relevance overflowed ({broken[0]} holds NaN or Inf) although the output is finite: "
+                           f"scale the input down or explain a float64 model")
+
+
+def _converted(name: str, data, dtype: np.dtype) -> np.ndarray:
+    """The user's data for one input as an array of the input's dtype: a float input takes any float array, an
+    integer input any integer array whose values fit; NaN, Inf and values beyond the dtype's range are refused."""
+    try:
+        value = np.asarray(data)
+    except (ValueError, TypeError) as exc:  # ragged nested lists and the like
+        raise InputError(f"input {name!r} cannot be read as an array: {' '.join(str(exc).split())[:200]}") from None
+    kinds_match = (np.issubdtype(value.dtype, np.floating) and np.issubdtype(dtype, np.floating)) or (
+        np.issubdtype(value.dtype, np.integer) and np.issubdtype(dtype, np.integer))
+    if value.dtype != dtype and not kinds_match:
+        raise InputError(f"input {name!r} has dtype {value.dtype}, expected {dtype.name}")
+    if np.issubdtype(value.dtype, np.floating):
+        bad = ~np.isfinite(value)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            what = "NaN" if np.isnan(value).any() else "Inf"
+            raise InputError(f"input {name!r} contains {what} ({int(bad.sum())} non-finite value(s), the first at "
+                             f"index {first}): replace them before explaining")
+        if value.dtype != dtype and value.size and np.abs(value).max() > np.finfo(dtype).max:
+            raise InputError(f"input {name!r} has values up to {np.abs(value).max():.3g}, beyond the range of the "
+                             f"model's {dtype.name} (max {np.finfo(dtype).max:.3g})")
+    elif value.dtype != dtype and value.size:
+        info = np.iinfo(dtype)
+        if value.min() < info.min or value.max() > info.max:
+            raise InputError(f"input {name!r} has values in [{value.min()}, {value.max()}], outside the range of "
+                             f"the model's {dtype.name}")
+    return value.astype(dtype, copy=False)
 
 
 def _shape_text(shape) -> str:

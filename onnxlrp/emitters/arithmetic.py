@@ -1,13 +1,15 @@
-"""Sums and affine arithmetic: Add/Sub/Mul/Div of an activation and a constant (linear, any rule), and sums of
-activations (Add, Sub, Sum: Norm rule, R_i = x_i * R / stab(y))."""
+"""Sums and affine arithmetic: Add/Sub/Mul/Div of an activation and a constant (linear, any rule), sums of
+activations (Add, Sub, Sum: Norm rule, R_i = x_i * J_i^T (R / stab(y)), broadcasting allowed), and a signal times
+a gate (Mul: all relevance to the signal)."""
 from __future__ import annotations
 
 from typing import Optional
 
 from ..builder import GraphBuilder
-from ..rules import LINEAR_RULES, Rule
+from ..rules import LINEAR_RULES, Pass, Rule
 from . import Emitted, NodeView, register
 from .linear import emit_affine
+from .shape import unbroadcast
 
 
 def _constant_operand(view: NodeView) -> bool:
@@ -22,20 +24,20 @@ def _group(view: NodeView) -> str:
     return "affine" if _constant_operand(view) else "sum"
 
 
-def _shape_known_equal(view: NodeView) -> bool:
-    """True when every relevant operand has the output's static shape (no broadcasting of activations)."""
-    out = view.shape(view.outputs[0])
-    return out is not None and all(view.shape(n) == out for n in view.inputs if view.is_relevant(n))
-
-
 def _check_add(view: NodeView) -> Optional[str]:
-    """Add/Sub: a constant operand, or activations of the output's shape."""
+    """Add/Sub: a constant operand, or activations whose ranks are known (they may broadcast)."""
     if _constant_operand(view):
         return _check_broadcast(view)
     if any(not view.is_relevant(n) for n in view.inputs):
         return "one operand is computed at run time but carries no relevance (fold it to a constant first)"
-    if not _shape_known_equal(view):
-        return "its operands broadcast against each other (shapes must match statically)"
+    return _check_ranks(view)
+
+
+def _check_ranks(view: NodeView) -> Optional[str]:
+    """Operands of a sum of activations need a known rank (to sum relevance back over broadcast axes)."""
+    for name in list(view.inputs) + list(view.outputs):
+        if view.shape(name) is None:
+            return f"the rank of {name!r} is not known at compile time"
     return None
 
 
@@ -55,13 +57,17 @@ def _check_broadcast(view: NodeView) -> Optional[str]:
 
 
 def _sum_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list, signs: list) -> Emitted:
-    """Norm over a sum y = sum_i sign_i x_i: s = R / stab(y), R_i = sign_i * x_i * s; stabilizer share s*eps*sgn0."""
+    """Norm over a sum y = sum_i sign_i x_i: s = R / stab(y), R_i = sign_i * x_i * J_i^T s (J_i^T sums s over the
+    axes x_i was broadcast along); stabilizer share s * eps * sgn0(y)."""
     eps = rule.groups()[0].eps
     y = view.outputs[0]
     s, share = b.normalize(R[0], y, eps)
+    out_shape = view.shape(y)
     rel = []
     for name, sign in zip(view.inputs, signs):
-        r = b.op("Mul", [name, s], "r_in")
+        x_shape = view.shape(name)
+        s_x = s if x_shape == out_shape else unbroadcast(b, s, name, x_shape, len(out_shape))
+        r = b.op("Mul", [name, s_x], "r_in")
         rel.append(r if sign == 1 else b.op("Neg", [r], "r_in_neg"))
     stab = b.per_sample_sum(share, "stab_sum")
     return Emitted(rel, None, stab)
@@ -88,10 +94,10 @@ def emit_add(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
 
 
 def _check_sum(view: NodeView) -> Optional[str]:
-    """Sum: every operand an activation of the output's shape."""
+    """Sum: every operand an activation of known rank (they may broadcast)."""
     if any(not view.is_relevant(n) for n in view.inputs):
         return "an operand carries no relevance (constants in a Sum are not supported)"
-    return None if _shape_known_equal(view) else "its operands broadcast against each other"
+    return _check_ranks(view)
 
 
 @register("Sum", group="sum", rules=_norm_rules(), check=_check_sum)
@@ -101,15 +107,88 @@ def emit_sum(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
 
 
 def _check_scale(view: NodeView) -> Optional[str]:
-    """Mul/Div: by a constant only (a product of two activations is not linear)."""
+    """Mul/Div: by a constant, or (Mul) a signal times a gate (a product of two other activations is not linear)."""
     if view.op_type == "Div" and not view.is_relevant(view.inputs[0]):
         return "dividing a constant by an activation is not linear"
+    if view.op_type == "Mul" and not _constant_operand(view):
+        return _check_gate(view)
     if not _constant_operand(view):
         return "both operands carry data (a product of two activations is not linear)"
     return _check_broadcast(view)
 
 
-@register(("Mul", "Div"), group="affine", rules=LINEAR_RULES, check=_check_scale)
-def emit_scale(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Multiplication or division by a constant as an elementwise linear node."""
+# ---- gates ----------------------------------------------------------------------------------------------------
+GATES = ("Sigmoid", "HardSigmoid")
+GELU_GATES = ("Erf", "Tanh")  # 1 + erf(x / sqrt 2), 1 + tanh(...): a gate once a constant was added
+SHAPE_ONLY = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Cast", "Transpose", "Tile")
+
+
+def gate_of(view: NodeView, name: str, shifted: bool = False, depth: int = 0) -> Optional[str]:
+    """The op that makes `name` a gate (Sigmoid, HardSigmoid, or the Erf / Tanh of 1 + erf(.)), followed back
+    through shape-only ops and arithmetic with constants; None if `name` is not a gate."""
+    node = view.index.producer.get(name)
+    if node is None or depth > 16:
+        return None
+    if node.op_type in GATES or (node.op_type in GELU_GATES and shifted):
+        return node.op_type
+    if node.op_type in SHAPE_ONLY:
+        return gate_of(view, node.input[0], shifted, depth + 1)
+    if node.op_type in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:
+        consts = [view.const(i) is not None for i in node.input]
+        if consts.count(True) == 1:
+            data = node.input[consts.index(False)]
+            return gate_of(view, data, shifted or node.op_type in ("Add", "Sub"), depth + 1)
+    return None
+
+
+def gate_split(view: NodeView) -> Optional[tuple]:
+    """(signal position, gate op) of a Mul of a signal and a gate, None if it is not one."""
+    if view.op_type != "Mul" or len(view.inputs) != 2 or _constant_operand(view):
+        return None
+    gates = [gate_of(view, n) for n in view.inputs]
+    if (gates[0] is None) == (gates[1] is None):
+        return None
+    signal = 0 if gates[0] is None else 1
+    return signal, gates[1 - signal]
+
+
+def _check_gate(view: NodeView) -> Optional[str]:
+    """A Mul of two activations is explained only when one of them is a gate."""
+    if gate_split(view) is not None:
+        return None
+    if all(gate_of(view, n) for n in view.inputs):
+        return "both operands are gates (Sigmoid / HardSigmoid); no operand is the signal"
+    return "both operands carry data (a product of two activations is not linear; only signal * gate is)"
+
+
+def _mul_group(view: NodeView) -> str:
+    """'activation' for signal * gate (swish, hard-swish, GELU, squeeze-excitation), else 'affine'."""
+    return "activation" if gate_split(view) is not None else "affine"
+
+
+def _mul_rules(view: NodeView) -> tuple:
+    """Pass for signal * gate, any linear rule for a product with a constant."""
+    return (Pass,) if gate_split(view) is not None else LINEAR_RULES
+
+
+@register("Mul", group=_mul_group, rules=_mul_rules, check=_check_scale)
+def emit_mul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """Mul by a constant: an elementwise linear node. Signal * gate (x * sigmoid(.), x * hardsigmoid(.), GELU's
+    x * (1 + erf(x / sqrt 2)) / 2, a squeeze-excitation scale): the gate is taken as a constant weight on the
+    signal, so all relevance goes to the signal, R_signal = R_y (as Pass), and none into the gate's branch. This
+    keeps the conv/dense rules in charge of the features and treats gating like an activation (Zennit's choice
+    for activations); the gate branch's nodes receive no relevance."""
+    split = gate_split(view)
+    if split is None:
+        return emit_affine(b, view, rule, R)
+    signal, _ = split
+    rel = [None, None]
+    if view.is_relevant(view.inputs[signal]):
+        rel[signal] = R[0]
+    return Emitted(rel)
+
+
+@register("Div", group="affine", rules=LINEAR_RULES, check=_check_scale)
+def emit_div(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """Division by a constant as an elementwise linear node."""
     return emit_affine(b, view, rule, R)

@@ -7,7 +7,7 @@ from . import Emitted, NodeView, register
 
 ACTIVATIONS = (
     "Relu", "LeakyRelu", "PRelu", "Clip", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
-    "Softplus", "Softsign", "Gelu", "Mish", "ThresholdedRelu", "Erf", "Abs", "Neg", "Sqrt", "Exp", "Log",
+    "Softplus", "Softsign", "Gelu", "Mish", "Swish", "ThresholdedRelu", "Erf", "Abs", "Neg", "Sqrt", "Exp", "Log",
 )
 PASSTHROUGH = ("Identity", "Dropout", "Cast", "CastLike")
 

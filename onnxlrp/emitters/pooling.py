@@ -1,13 +1,16 @@
-"""Pooling and reductions: average pools and means under the Norm rule, max pools winner-takes-all."""
+"""Pooling and reductions: average pools, means and sums under the Norm rule, max pools winner-takes-all.
+
+Norm (s = R / stab(y), R_x = x * J^T s) needs J^T, the transposed pooling map: a grouped ConvTranspose with a kernel
+of ones, each window's s divided by that window's divisor. Winner-takes-all sends each window's relevance to the
+position of its maximum (the first one on ties, as onnxruntime's MaxPool Indices and PyTorch's gradient pick).
+"""
 from __future__ import annotations
 
 from typing import Optional
 
 import numpy as np
-from onnx import numpy_helper
 
 from ..builder import GraphBuilder
-from ..errors import CompileError
 from ..rules import Epsilon, Norm, Rule, WinnerTakesAll
 from . import Emitted, NodeView, register
 
@@ -15,19 +18,25 @@ from . import Emitted, NodeView, register
 def _static_spatial(view: NodeView) -> Optional[str]:
     """Pools need the input's shape at compile time (batch may stay dynamic)."""
     shape = view.shape(view.inputs[0])
-    if shape is None or any(d is None for d in shape[1:]):
-        return f"the shape of its input {view.inputs[0]!r} is not known at compile time"
+    if shape is None:
+        return f"the rank of its input {view.inputs[0]!r} is not known at compile time"
+    unknown = [i for i, d in enumerate(shape[1:], start=1) if d is None]
+    if unknown:
+        return f"axis {unknown[0]} of its input {view.inputs[0]!r} is not known at compile time"
     return None
 
 
 def pool_geometry(view: NodeView, spatial: tuple) -> tuple:
-    """(kernel, strides, pads, dilations) of a pool with explicit pads (auto_pad resolved)."""
+    """(kernel, strides, pads, dilations, out_spatial) of a pool, auto_pad resolved; with ceil_mode the output is
+    ceil((in + pads - eff) / s) + 1, less a last window that would start in the end padding (the ONNX spec and
+    onnxruntime; ONNX shape inference does not drop that window, so the shape is computed here)."""
     nd = len(spatial)
     kernel = list(view.attr("kernel_shape"))
     strides = list(view.attr("strides", [1] * nd))
     dilations = list(view.attr("dilations", [1] * nd))
     pads = list(view.attr("pads", [0] * (2 * nd)))
     auto_pad = view.attr("auto_pad", "NOTSET")
+    ceil_mode = view.attr("ceil_mode", 0)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         for i in range(nd):
             out = -(-spatial[i] // strides[i])
@@ -36,7 +45,61 @@ def pool_geometry(view: NodeView, spatial: tuple) -> tuple:
             pads[i], pads[i + nd] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
     elif auto_pad == "VALID":
         pads = [0] * (2 * nd)
-    return kernel, strides, pads, dilations
+    out_spatial = []
+    for i in range(nd):
+        eff = (kernel[i] - 1) * dilations[i] + 1
+        span = spatial[i] + pads[i] + pads[i + nd] - eff
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = -(-spatial[i] // strides[i])
+        elif ceil_mode:
+            out = -(-span // strides[i]) + 1
+            if (out - 1) * strides[i] >= spatial[i] + pads[i]:
+                out -= 1
+        else:
+            out = span // strides[i] + 1
+        out_spatial.append(out)
+    return kernel, strides, pads, dilations, tuple(out_spatial)
+
+
+def _back_attrs(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilations) -> dict:
+    """ConvTranspose attributes that map a pooled (out_spatial) tensor back onto the input grid (spatial):
+    the begin pads as in the pool; end pads (or output_padding) chosen so that the result is exactly `spatial`."""
+    nd = len(spatial)
+    ends, extra = [], []
+    for i in range(nd):
+        eff = (kernel[i] - 1) * dilations[i] + 1
+        end = strides[i] * (out_spatial[i] - 1) + eff - pads[i] - spatial[i]
+        ends.append(max(end, 0))
+        extra.append(max(-end, 0))
+    attrs = dict(kernel_shape=list(kernel), strides=list(strides), pads=list(pads[:nd]) + ends,
+                 dilations=list(dilations))
+    if any(extra):
+        attrs["output_padding"] = extra
+    return attrs
+
+
+def window_counts(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilations,
+                  include_pad: bool) -> np.ndarray:
+    """Each window's divisor: its positions inside the input, or (include_pad) inside the padded input."""
+    counts = np.ones(out_spatial)
+    nd = len(spatial)
+    for i, n in enumerate(spatial):
+        low, high = (-pads[i], n + pads[i + nd]) if include_pad else (0, n)
+        c = np.array([sum(1 for k in range(kernel[i]) if low <= o * strides[i] - pads[i] + k * dilations[i] < high)
+                      for o in range(out_spatial[i])], dtype=np.float64)
+        counts = counts * c.reshape((1,) * i + (-1,) + (1,) * (nd - i - 1))
+    return counts
+
+
+def fit_pooled(b: GraphBuilder, view: NodeView, value: str, out_spatial: tuple) -> str:
+    """value (shaped like the pool's output) cut to the output size the runtime computes, where ONNX shape
+    inference claims a larger one (a ceil_mode window that starts in the end padding): from here on the shapes
+    inference derives agree with the constants sized by out_spatial. A no-op everywhere else."""
+    shape = view.shape(view.outputs[0])
+    if shape is None or tuple(shape[2:]) == tuple(out_spatial) or any(d is None for d in shape[2:]):
+        return value
+    nd = len(out_spatial)
+    return b.op("Slice", [value, b.ints([0] * nd), b.ints(out_spatial), b.ints(range(2, 2 + nd))], "fit")
 
 
 def _norm_stabilize(b: GraphBuilder, view: NodeView, rule: Rule, R: str) -> tuple:
@@ -48,50 +111,30 @@ def _norm_stabilize(b: GraphBuilder, view: NodeView, rule: Rule, R: str) -> tupl
 
 @register("AveragePool", group="avgpool", rules=(Norm, Epsilon), check=_static_spatial)
 def emit_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Norm: R_x = x * J^T s, J^T s = ConvTranspose(s / count, ones) per channel (count = the window's divisor)."""
+    """Norm: R_x = x * J^T s, J^T s = ConvTranspose(s / count, ones) per channel, count = the window's divisor
+    (its positions inside the input, or inside the padded input with count_include_pad); ceil_mode and dilations
+    are sized as the forward pool does."""
     x = view.inputs[0]
     shape = view.shape(x)
     channels, spatial = shape[1], tuple(shape[2:])
-    nd = len(spatial)
-    if view.attr("ceil_mode", 0):
-        raise CompileError("AveragePool with ceil_mode=1 is not supported yet")
-    kernel, strides, pads, dilations = pool_geometry(view, spatial)
-    count_pad = view.attr("count_include_pad", 0)
+    kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
+    count = window_counts(spatial, out_spatial, kernel, strides, pads, dilations,
+                          bool(view.attr("count_include_pad", 0)))
     s, stab = _norm_stabilize(b, view, rule, R[0])
-    ones_kernel = np.ones((channels, 1) + tuple(kernel))
-    out_spatial = tuple((spatial[i] + pads[i] + pads[i + nd] - ((kernel[i] - 1) * dilations[i] + 1)) // strides[i] + 1
-                        for i in range(nd))
-    if count_pad:
-        count = np.full(out_spatial, float(np.prod(kernel)))
+    s = fit_pooled(b, view, s, out_spatial)
+    if np.all(count == count.flat[0]):
+        scaled = b.op("Mul", [s, b.const(1.0 / count.flat[0])], "s_per_count")
     else:
-        count = _valid_counts(spatial, kernel, strides, pads, dilations, out_spatial)
-    scaled = b.op("Div", [s, b.const(count.reshape((1, 1) + out_spatial))], "s_per_count")
-    output_padding = []
-    for i in range(nd):
-        eff = (kernel[i] - 1) * dilations[i] + 1
-        output_padding.append(spatial[i] - (strides[i] * (out_spatial[i] - 1) + eff - pads[i] - pads[i + nd]))
-    attrs = dict(strides=strides, pads=pads, dilations=dilations, group=channels)
-    if any(output_padding):
-        attrs["output_padding"] = output_padding
-    back = b.op("ConvTranspose", [scaled, b.const(ones_kernel, hint="ones_kernel")], "JTs", **attrs)
+        scaled = b.op("Div", [s, b.const(count.reshape((1, 1) + out_spatial))], "s_per_count")
+    attrs = _back_attrs(spatial, out_spatial, kernel, strides, pads, dilations)
+    ones_kernel = b.const(np.ones((channels, 1) + tuple(kernel)), hint="ones_kernel")
+    back = b.op("ConvTranspose", [scaled, ones_kernel], "JTs", group=channels, **attrs)
     return Emitted([b.op("Mul", [x, back], "R_x")], None, stab)
-
-
-def _valid_counts(spatial, kernel, strides, pads, dilations, out_spatial) -> np.ndarray:
-    """How many non-padding positions each pooling window covers."""
-    counts = np.ones(out_spatial)
-    for i, n in enumerate(spatial):
-        c = np.zeros(out_spatial[i])
-        for o in range(out_spatial[i]):
-            start = o * strides[i] - pads[i]
-            c[o] = sum(1 for k in range(kernel[i]) if 0 <= start + k * dilations[i] < n)
-        counts = counts * c.reshape((1,) * i + (-1,) + (1,) * (len(spatial) - i - 1))
-    return counts
 
 
 @register("GlobalAveragePool", group="avgpool", rules=(Norm, Epsilon), check=_static_spatial)
 def emit_global_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Norm: R_x = x * s / (number of spatial positions)."""
+    """Norm: R_x = x * s / (number of spatial positions), s = R / stab(y) broadcast over the window."""
     x = view.inputs[0]
     size = float(np.prod(view.shape(x)[2:]))
     s, stab = _norm_stabilize(b, view, rule, R[0])
@@ -100,30 +143,145 @@ def emit_global_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: lis
 
 
 def _check_maxpool(view: NodeView) -> Optional[str]:
-    """MaxPool needs ScatterElements with reduction=add (opset 16) and a static input shape."""
-    if len(view.outputs) > 1 and view.outputs[1]:
-        return "a MaxPool that already outputs indices is not supported"
-    if view.index.model is not None:
-        from ..graph import opset_version
-        if opset_version(view.index.model) < 16:
-            return "winner-takes-all needs opset >= 16 (ScatterElements with reduction=add)"
+    """MaxPool needs its input's channel and spatial sizes at compile time."""
     return _static_spatial(view)
 
 
 @register("MaxPool", group="maxpool", rules=(WinnerTakesAll,), check=_check_maxpool)
 def emit_max_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Winner takes all: scatter-add each window's relevance to its argmax (MaxPool's Indices output)."""
+    """Winner takes all: each window's relevance goes to the position of its maximum (MaxPool's Indices: the first
+    maximum on ties); a position that wins several overlapping windows collects all of their relevance.
+    Opset >= 16: ScatterElements(reduction='add') on the flat indices. Below: the winner's offset inside its
+    window, one-hot over the K kernel positions, put back by a grouped ConvTranspose with one-hot kernels."""
     x = view.inputs[0]
-    attrs = {a.name: numpy_helper.helper.get_attribute_value(a) for a in view.node.attribute}
-    attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
-    attrs.pop("storage_order", None)
+    attrs = {a.name: view.attr(a.name) for a in view.node.attribute if a.name != "storage_order"}
     _, indices = b.op("MaxPool", [x], "pool_idx", n_out=2, **attrs)
-    flat_shape = b.ints([-1])
-    zeros = b.op("Reshape", [b.zeros_like(x, "R_x0"), flat_shape], "R_x0_flat")
-    scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat_shape], "idx_flat"),
-                                         b.op("Reshape", [R[0], flat_shape], "R_flat")],
-                     "R_scattered", axis=0, reduction="add")
-    return Emitted([b.op("Reshape", [scattered, b.op("Shape", [x], "x_shape")], "R_x")])
+    out_spatial = pool_geometry(view, tuple(view.shape(x)[2:]))[4]
+    indices, R_y = fit_pooled(b, view, indices, out_spatial), fit_pooled(b, view, R[0], out_spatial)
+    if b.opset >= 16:
+        flat_shape = b.ints([-1])
+        zeros = b.op("Reshape", [b.zeros_like(x, "R_x0"), flat_shape], "R_x0_flat")
+        scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat_shape], "idx_flat"),
+                                             b.op("Reshape", [R_y, flat_shape], "R_flat")],
+                         "R_scattered", axis=0, reduction="add")
+        return Emitted([b.op("Reshape", [scattered, b.op("Shape", [x], "x_shape")], "R_x")])
+    return Emitted([_max_pool_one_hot(b, view, indices, R_y)])
+
+
+def _max_pool_one_hot(b: GraphBuilder, view: NodeView, indices: str, R: str) -> str:
+    """R_x = sum_k ConvTranspose(R * [winner offset == k], e_k): exact from opset 11 (no scatter-add needed).
+
+    The flat index of a window's winner (N and C offsets included) gives its spatial coordinates; minus the
+    window's start (o * stride - pad_begin), divided by the dilation, they give its offset k inside the kernel."""
+    shape = view.shape(view.inputs[0])
+    channels, spatial = shape[1], tuple(shape[2:])
+    nd = len(spatial)
+    kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
+    K = int(np.prod(kernel))
+    position = b.op("Mod", [indices, b.const(int(np.prod(spatial)), dtype=np.int64)], "pos")
+    offset = None
+    for i in range(nd):
+        coord = position
+        inner = int(np.prod(spatial[i + 1:]))
+        if inner > 1:
+            coord = b.op("Div", [coord, b.const(inner, dtype=np.int64)], "coord")
+        if i > 0:
+            coord = b.op("Mod", [coord, b.const(spatial[i], dtype=np.int64)], "coord")
+        starts = (np.arange(out_spatial[i]) * strides[i] - pads[i]).reshape((-1,) + (1,) * (nd - 1 - i))
+        k_i = b.op("Sub", [coord, b.const(starts, dtype=np.int64)], "k_off")
+        if dilations[i] > 1:
+            k_i = b.op("Div", [k_i, b.const(dilations[i], dtype=np.int64)], "k_off")
+        inner_k = int(np.prod(kernel[i + 1:]))
+        if inner_k > 1:
+            k_i = b.op("Mul", [k_i, b.const(inner_k, dtype=np.int64)], "k_off")
+        offset = k_i if offset is None else b.op("Add", [offset, k_i], "k_offset")
+    one_hot = b.op("Equal", [b.unsqueeze(offset, [2], "k_offset_u"),
+                             b.const(np.arange(K).reshape((1, 1, K) + (1,) * nd), dtype=np.int64)], "is_winner")
+    spread = b.op("Where", [one_hot, b.unsqueeze(R, [2], "R_u"), b.const(0.0)], "R_per_offset")
+    stacked = b.op("Reshape", [spread, b.ints([0, channels * K] + list(out_spatial))], "R_stacked")
+    kernels = np.zeros((channels * K, 1) + tuple(kernel))
+    eye = np.eye(K).reshape((K,) + tuple(kernel))
+    for c in range(channels):
+        kernels[c * K:(c + 1) * K, 0] = eye
+    attrs = _back_attrs(spatial, out_spatial, kernel, strides, pads, dilations)
+    return b.op("ConvTranspose", [stacked, b.const(kernels, hint="onehot_kernel")], "R_x", group=channels, **attrs)
+
+
+def reduce_axes(view: NodeView) -> Optional[list]:
+    """The sorted, non-negative axes a Reduce* node reduces (attribute or constant input), None for 'all axes';
+    [] for an empty axes list with noop_with_empty_axes=1 (the node is an identity)."""
+    rank = len(view.shape(view.inputs[0]))
+    axes = view.attr("axes")
+    if axes is None and len(view.inputs) > 1 and view.inputs[1]:
+        axes = view.const(view.inputs[1]).reshape(-1).tolist()
+    if axes is None or len(axes) == 0:
+        return [] if view.attr("noop_with_empty_axes", 0) else None
+    return sorted({int(a) % rank for a in axes})
+
+
+def _check_reduce(view: NodeView) -> Optional[str]:
+    """Reduce*: known rank, constant axes that leave the batch axis alone, static sizes along the reduced axes."""
+    x = view.inputs[0]
+    shape = view.shape(x)
+    if shape is None:
+        return f"the rank of its input {x!r} is not known at compile time"
+    if len(view.inputs) > 1 and view.inputs[1] and view.const(view.inputs[1]) is None:
+        return f"its axes input {view.inputs[1]!r} is not a constant"
+    axes = reduce_axes(view)
+    if axes is None or 0 in axes:
+        return "it reduces over the batch axis 0 (relevance would mix samples)"
+    unknown = [a for a in axes if shape[a] is None]
+    if unknown:
+        return f"axis {unknown[0]} of its input {x!r} is not known at compile time"
+    return None
+
+
+@register(("ReduceMean", "ReduceSum"), group=lambda view: "avgpool" if view.op_type == "ReduceMean" else "sum",
+          rules=(Norm, Epsilon), check=_check_reduce)
+def emit_reduce_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """Norm: s = R / stab(y), R_x = x * s (ReduceSum) or x * s / k (ReduceMean over k values), s broadcast back
+    over the reduced axes."""
+    x = view.inputs[0]
+    axes = reduce_axes(view)
+    s, stab = _norm_stabilize(b, view, rule, R[0])
+    if axes and not view.attr("keepdims", 1):
+        s = b.unsqueeze(s, axes, "s_keep")
+    if view.op_type == "ReduceMean" and axes:
+        s = b.op("Mul", [s, b.const(1.0 / float(np.prod([view.shape(x)[a] for a in axes])))], "JTs")
+    rel = [b.op("Mul", [x, s], "R_x")]
+    return Emitted(rel + [None] * (len(view.inputs) - 1), None, stab)
+
+
+def wta_reduce(b: GraphBuilder, x: str, R_keep: str, axes: list, shape: tuple) -> str:
+    """Winner takes all over `axes`: R_keep (x's shape with 1 on the axes) goes to the first maximum of x in
+    row-major order over those axes (ArgMax picks the first), zero elsewhere."""
+    rank = len(shape)
+    kept = [i for i in range(rank) if i not in axes]
+    perm = kept + list(axes)
+    identity = perm == list(range(rank))
+    xt = x if identity else b.op("Transpose", [x], "x_T", perm=perm)
+    Rt = R_keep if identity else b.op("Transpose", [R_keep], "R_T", perm=perm)
+    K = int(np.prod([shape[a] for a in axes]))
+    flat = b.op("Reshape", [xt, b.ints([0] * len(kept) + [K])], "x_flat")
+    arg = b.op("ArgMax", [flat], "argmax", axis=len(kept), keepdims=1)
+    winner = b.op("Equal", [arg, b.const(np.arange(K), dtype=np.int64)], "is_winner")
+    R_flat = b.op("Reshape", [Rt, b.ints([0] * len(kept) + [1])], "R_flat")
+    placed = b.op("Where", [winner, R_flat, b.const(0.0)], "R_placed")
+    placed = b.op("Reshape", [placed, b.op("Shape", [xt], "xT_shape")], "R_xT")
+    if identity:
+        return placed
+    return b.op("Transpose", [placed], "R_x", perm=[int(i) for i in np.argsort(perm)])
+
+
+@register("ReduceMax", group="maxpool", rules=(WinnerTakesAll,), check=_check_reduce)
+def emit_reduce_max(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """Winner takes all over the reduced axes (first maximum on ties)."""
+    x = view.inputs[0]
+    axes = reduce_axes(view)
+    if not axes:
+        return Emitted([R[0]] + [None] * (len(view.inputs) - 1))
+    R_keep = R[0] if view.attr("keepdims", 1) else b.unsqueeze(R[0], axes, "R_keep")
+    return Emitted([wta_reduce(b, x, R_keep, axes, view.shape(x))] + [None] * (len(view.inputs) - 1))
 
 
 @register("GlobalMaxPool", group="maxpool", rules=(WinnerTakesAll,), check=_static_spatial)
@@ -131,9 +289,4 @@ def emit_global_max_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -
     """Winner takes all over the whole spatial extent (first maximum on ties)."""
     x = view.inputs[0]
     shape = view.shape(x)
-    flat = b.op("Reshape", [x, b.ints([0, shape[1], -1])], "x_flat")
-    arg = b.op("ArgMax", [flat], "argmax", axis=2, keepdims=1)
-    r_flat = b.op("Reshape", [R[0], b.ints([0, shape[1], 1])], "R_flat")
-    zeros = b.zeros_like(flat, "R_x0")
-    scattered = b.op("ScatterElements", [zeros, arg, r_flat], "R_scattered", axis=2)
-    return Emitted([b.op("Reshape", [scattered, b.op("Shape", [x], "x_shape")], "R_x")])
+    return Emitted([wta_reduce(b, x, R[0], list(range(2, len(shape))), shape)])

@@ -1,11 +1,17 @@
-"""Shape ops: relevance is moved back exactly as the gradient would move it (reshape back, inverse permutation)."""
+"""Shape ops: relevance is moved back exactly as the gradient would move it (reshape back, inverse permutation,
+slice back, scatter back, sum over copies). Every map here is linear and R_x = J^T R, so what arrives is what
+leaves, except where an output holds no input at all (a constant pad), whose relevance is reported as dropped."""
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..builder import GraphBuilder
+from ..errors import CompileError
 from ..rules import Pass, Rule
 from . import Emitted, NodeView, register
+from .interpolation import resize_matrix
 
 
 def _reshape_back(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
@@ -27,3 +33,367 @@ def emit_transpose(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emit
         perm = list(reversed(range(rank)))
     inverse = list(np.argsort(perm))
     return Emitted([b.op("Transpose", [R[0]], "R_T", perm=[int(i) for i in inverse])])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# moving relevance back along one axis
+def _static_dims(view: NodeView, name: str, axes: Sequence[int], why: str) -> tuple:
+    """x's static shape, raising CompileError naming the tensor when the rank or a needed axis is unknown."""
+    shape = view.shape(name)
+    if shape is None:
+        raise CompileError(f"the rank of {name!r} is not known at compile time ({why})")
+    for a in axes:
+        if shape[a] is None:
+            raise CompileError(f"axis {a} of {name!r} is not known at compile time ({why})")
+    return shape
+
+
+def axis_matmul(b: GraphBuilder, R: str, axis: int, rank: int, A: np.ndarray) -> str:
+    """R_x[.., i, ..] = sum_j A[j, i] R[.., j, ..] along one axis (A: (out, in)) as a MatMul."""
+    if axis == rank - 1:
+        return b.op("MatMul", [R, b.const(A, hint="axis_map")], "R_axis")
+    if axis == rank - 2:
+        return b.op("MatMul", [b.const(np.ascontiguousarray(A.T), hint="axis_mapT"), R], "R_axis")
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    moved = b.op("Transpose", [R], "R_T", perm=perm)
+    back = b.op("MatMul", [moved, b.const(A, hint="axis_map")], "R_axis")
+    return b.op("Transpose", [back], "R_axis_T", perm=[int(i) for i in np.argsort(perm)])
+
+
+def move_back(b: GraphBuilder, R: str, axis: int, rank: int, index: np.ndarray, in_len: int) -> str:
+    """R_x[i] = sum of R[j] over the outputs j with index[j] == i (index[j] = -1: output j holds no input).
+
+    A contiguous run of outputs reading a contiguous run of inputs is a Slice and a Pad; another injective map a
+    Gather from R with one zero slot appended; a map that copies inputs (index repeats) a one-hot MatMul that sums
+    the copies."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    valid = np.flatnonzero(index >= 0)
+    used = index[valid]
+    if used.size and np.array_equal(valid, np.arange(valid[0], valid[0] + valid.size)) and \
+            np.array_equal(used, np.arange(used[0], used[0] + used.size)):
+        if valid.size < index.size:
+            R = b.op("Slice", [R, b.ints([int(valid[0])]), b.ints([int(valid[-1]) + 1]), b.ints([axis])], "R_kept")
+        if used[0] == 0 and used.size == in_len:
+            return R
+        pads = [0] * (2 * rank)
+        pads[axis], pads[axis + rank] = int(used[0]), int(in_len - used[0] - used.size)
+        return b.op("Pad", [R, b.ints(pads, "pads")], "R_unslice")
+    if np.unique(used).size == used.size:
+        pads = [0] * (2 * rank)
+        pads[axis + rank] = 1
+        slot = b.op("Pad", [R, b.ints(pads, "pads")], "R_slot")
+        inverse = np.full(in_len, index.size, dtype=np.int64)
+        inverse[used] = np.flatnonzero(index >= 0)
+        return b.op("Gather", [slot, b.const(inverse, dtype=np.int64, hint="inverse")], "R_back", axis=axis)
+    A = np.zeros((index.size, in_len))
+    A[np.flatnonzero(index >= 0), used] = 1.0
+    return axis_matmul(b, R, axis, rank, A)
+
+
+def unbroadcast(b: GraphBuilder, R: str, x: str, x_shape: tuple, out_rank: int) -> str:
+    """Sum R (the broadcast output's shape) back to x's shape: over leading axes x lacks and over its size-1 axes."""
+    lead = out_rank - len(x_shape)
+    axes = list(range(lead)) + [lead + i for i, d in enumerate(x_shape) if d == 1]
+    if not axes:
+        return R
+    summed = b.reduce("ReduceSum", R, axes, keepdims=True, hint="R_unbroadcast")
+    if lead == 0:
+        return summed
+    return b.op("Reshape", [summed, b.op("Shape", [x], "x_shape")], "R_unbroadcast_shaped")
+
+
+def dropped_share(b: GraphBuilder, R: str, R_x: str) -> str:
+    """(N,) relevance that reached outputs holding no input: sum(R) - sum(R_x) per sample."""
+    return b.op("Sub", [b.per_sample_sum(R, "R_sum"), b.per_sample_sum(R_x, "R_x_sum")], "dropped")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Concat, Split
+def _check_concat(view: NodeView) -> Optional[str]:
+    """Concat needs the rank of its output (to resolve a negative axis)."""
+    if view.shape(view.outputs[0]) is None and all(view.shape(i) is None for i in view.inputs):
+        return f"the rank of {view.outputs[0]!r} is not known at compile time"
+    return None
+
+
+@register("Concat", group="shape", rules=(Pass,), check=_check_concat)
+def emit_concat(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x_i = the slice of R_y that input i filled: one Split when sizes are static, Slices from Shape otherwise."""
+    rank = len(view.shape(view.outputs[0]) or view.shape(next(i for i in view.inputs if view.shape(i))))
+    axis = view.attr("axis") % rank
+    sizes = [(view.shape(i) or (None,) * rank)[axis] for i in view.inputs]
+    if all(s is not None for s in sizes):
+        if b.opset >= 13:
+            parts = b.op("Split", [R[0], b.ints(sizes, "split")], "R_part", n_out=len(sizes), axis=axis)
+        else:
+            parts = b.op("Split", [R[0]], "R_part", n_out=len(sizes), axis=axis, split=sizes)
+        parts = [parts] if isinstance(parts, str) else parts
+    else:
+        parts, start = [], b.ints([0], "start")
+        for name in view.inputs:
+            size = b.op("Slice", [b.op("Shape", [name], "x_shape"), b.ints([axis]), b.ints([axis + 1])], "size")
+            end = b.op("Add", [start, size], "end")
+            parts.append(b.op("Slice", [R[0], start, end, b.ints([axis])], "R_part"))
+            start = end
+    return Emitted([p if view.is_relevant(n) else None for p, n in zip(parts, view.inputs)])
+
+
+@register("Split", group="shape", rules=(Pass,))
+def emit_split(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x = Concat(R_y_1, ..., R_y_k) along the split axis (outputs without relevance arrive as zeros)."""
+    rank = len(_static_dims(view, view.inputs[0], (), "Split needs the rank"))
+    axis = view.attr("axis", 0) % rank
+    back = R[0] if len(R) == 1 else b.op("Concat", list(R), "R_concat", axis=axis)
+    return Emitted([back] + [None] * (len(view.inputs) - 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Slice, Gather, Pad, Expand
+def _check_const_inputs(view: NodeView, first: int = 1) -> Optional[str]:
+    """Every input after the data must be a constant (or omitted)."""
+    for name in view.inputs[first:]:
+        if name and view.const(name) is None and not view.is_relevant(name):
+            return f"its input {name!r} is not a constant"
+    return None
+
+
+@register("Slice", group="shape", rules=(Pass,), check=_check_const_inputs)
+def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x: R_y put back where Slice took it from (a Pad for unit steps, a Gather with a zero slot otherwise)."""
+    x = view.inputs[0]
+    rank = len(_static_dims(view, x, (), "Slice needs the rank"))
+    starts, ends = (view.const(n).reshape(-1).tolist() for n in view.inputs[1:3])
+    axes = view.const(view.inputs[3]).reshape(-1).tolist() if len(view.inputs) > 3 and view.inputs[3] else \
+        list(range(len(starts)))
+    steps = view.const(view.inputs[4]).reshape(-1).tolist() if len(view.inputs) > 4 and view.inputs[4] else \
+        [1] * len(starts)
+    back = R[0]
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis = int(axis) % rank
+        dim = view.shape(x)[axis]
+        if dim is None:
+            if step == 1 and start == 0 and end >= 2 ** 31:
+                continue  # the whole axis
+            _static_dims(view, x, (axis,), "Slice moves relevance back along it")
+        index = np.arange(dim)[slice(int(start), int(end), int(step))]
+        back = move_back(b, back, axis, rank, index, dim)
+    return Emitted([back] + [None] * (len(view.inputs) - 1))
+
+
+def _check_gather(view: NodeView) -> Optional[str]:
+    """Gather moves relevance back when its indices are constant (and it does not gather along the batch axis)."""
+    if view.const(view.inputs[1]) is None:
+        return f"its indices {view.inputs[1]!r} are not a constant"
+    shape = view.shape(view.inputs[0])
+    if shape is None:
+        return f"the rank of its input {view.inputs[0]!r} is not known at compile time"
+    axis = view.attr("axis", 0) % len(shape)
+    if axis == 0:
+        return "it gathers along the batch axis 0 (relevance would mix samples)"
+    if shape[axis] is None:
+        return f"axis {axis} of its input {view.inputs[0]!r} is not known at compile time"
+    return None
+
+
+@register("Gather", group="shape", rules=(Pass,), check=_check_gather)
+def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x[.., i, ..] = sum of R_y over the positions whose index is i (repeated indices add up)."""
+    x = view.inputs[0]
+    shape = view.shape(x)
+    rank = len(shape)
+    axis = view.attr("axis", 0) % rank
+    indices = view.const(view.inputs[1]).astype(np.int64)
+    flat = np.where(indices < 0, indices + shape[axis], indices).reshape(-1)
+    rest = _static_dims(view, x, range(axis + 1, rank), "Gather moves relevance back along it")[axis + 1:]
+    R_flat = b.op("Reshape", [R[0], b.ints([0] * axis + [flat.size] + [int(d) for d in rest])], "R_flat")
+    return Emitted([move_back(b, R_flat, axis, rank, flat, shape[axis]), None])
+
+
+def _pad_amounts(view: NodeView, rank: int) -> list:
+    """Pad's pads per axis as (begin, end) pairs, from the attribute (opset < 11) or the constant input."""
+    pads = view.attr("pads")
+    if pads is None:
+        pads = view.const(view.inputs[1]).reshape(-1).tolist()
+    axes = list(range(rank))
+    if len(view.inputs) > 3 and view.inputs[3]:
+        axes = [int(a) % rank for a in view.const(view.inputs[3]).reshape(-1)]
+    result = [(0, 0)] * rank
+    for k, a in enumerate(axes):
+        result[a] = (int(pads[k]), int(pads[k + len(axes)]))
+    return result
+
+
+@register("Pad", group="shape", rules=(Pass,), check=_check_const_inputs)
+def emit_pad(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x: R_y cut back to x (constant mode; relevance that reached the pad constants is reported as dropped) or
+    folded back onto the inputs each padded position copies (reflect, edge, wrap)."""
+    x = view.inputs[0]
+    rank = len(_static_dims(view, x, (), "Pad needs the rank"))
+    mode = view.attr("mode", "constant")
+    back = R[0]
+    for axis, (begin, end) in enumerate(_pad_amounts(view, rank)):
+        if begin == 0 and end == 0:
+            continue
+        dim = _static_dims(view, x, (axis,), "Pad moves relevance back along it")[axis]
+        index = np.arange(dim)[max(-begin, 0): dim - max(-end, 0)]
+        widths = (max(begin, 0), max(end, 0))
+        if mode == "constant":
+            index = np.pad(index, widths, constant_values=-1)
+        else:
+            index = np.pad(index, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+        back = move_back(b, back, axis, rank, index, dim)
+    pads = _pad_amounts(view, rank)
+    stab = dropped_share(b, R[0], back) if mode == "constant" and any(p > 0 for pair in pads for p in pair) else None
+    return Emitted([back] + [None] * (len(view.inputs) - 1), None, stab)
+
+
+@register("Expand", group="shape", rules=(Pass,))
+def emit_expand(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x = R_y summed over the axes Expand broadcast (the copies' relevance adds up)."""
+    x = view.inputs[0]
+    x_shape = _static_dims(view, x, (), "Expand needs the rank")
+    out = view.shape(view.outputs[0])
+    if out is None:
+        raise CompileError(f"the rank of {view.outputs[0]!r} is not known at compile time (Expand needs it)")
+    return Emitted([unbroadcast(b, R[0], x, x_shape, len(out)), None])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resize
+def _check_resize(view: NodeView) -> Optional[str]:
+    """Resize: nearest or linear, constant scales/sizes, no crop-and-resize, static shapes, batch axis kept."""
+    mode = view.attr("mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        return f"mode {mode!r} is not supported (nearest and linear are)"
+    if view.attr("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+        return "coordinate_transformation_mode 'tf_crop_and_resize' is not supported"
+    if view.attr("antialias", 0):
+        return "antialias=1 is not supported"
+    if view.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return "keep_aspect_ratio_policy other than 'stretch' is not supported"
+    scales = _scales_input(view)
+    if scales and view.const(scales) is None:
+        return f"its scales {scales!r} are not a constant (sizes may be computed)"
+    x, y = view.shape(view.inputs[0]), resize_output_shape(view)
+    for name, shape in ((view.inputs[0], x), (view.outputs[0], y)):
+        if shape is None or any(d is None for d in shape[1:]):
+            return f"the shape of {name!r} is not known at compile time"
+    return None
+
+
+def known_ints(view: NodeView, name: str, depth: int = 0) -> Optional[list]:
+    """Entries of a small int tensor known at compile time (None where not), following constants and the
+    Shape -> Slice/Gather -> Unsqueeze -> Concat arithmetic exporters write; None if it cannot be followed."""
+    const = view.const(name)
+    if const is not None:
+        return [int(v) for v in np.asarray(const).reshape(-1)]
+    node = view.index.producer.get(name)
+    if node is None or depth > 8:
+        return None
+    sub = NodeView(node, view.index, frozenset())
+    if node.op_type == "Shape":
+        shape = view.shape(node.input[0])
+        if shape is None:
+            return None
+        dims = list(shape)
+        return dims[slice(sub.attr("start", 0), sub.attr("end", None))]
+    if node.op_type in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape"):
+        return known_ints(view, node.input[0], depth + 1)
+    if node.op_type == "Concat":
+        parts = [known_ints(view, i, depth + 1) for i in node.input]
+        return None if any(p is None for p in parts) else [v for p in parts for v in p]
+    if node.op_type == "Gather":
+        data, idx = known_ints(view, node.input[0], depth + 1), view.const(node.input[1])
+        return None if data is None or idx is None else [data[int(i)] for i in np.asarray(idx).reshape(-1)]
+    if node.op_type == "Slice":
+        data = known_ints(view, node.input[0], depth + 1)
+        bounds = [view.const(i) for i in node.input[1:3]]
+        steps = view.const(node.input[4]) if len(node.input) > 4 and node.input[4] else np.array([1])
+        if data is None or any(v is None for v in bounds) or steps is None:
+            return None
+        return data[slice(int(bounds[0].reshape(-1)[0]), int(bounds[1].reshape(-1)[0]), int(steps.reshape(-1)[0]))]
+    return None
+
+
+def resize_output_shape(view: NodeView) -> Optional[tuple]:
+    """Resize's output shape: from shape inference, unknown dims filled from a sizes input computed from shapes."""
+    shape = view.shape(view.outputs[0])
+    if shape is not None and all(d is not None for d in shape[1:]):
+        return shape
+    sizes = view.inputs[3] if view.op_type == "Resize" and len(view.inputs) > 3 and view.inputs[3] else ""
+    known = known_ints(view, sizes) if sizes else None
+    axes = view.attr("axes")
+    x = view.shape(view.inputs[0])
+    if known is None or x is None:
+        return shape
+    if axes is not None:
+        full = list(x)
+        for a, v in zip(axes, known):
+            full[a % len(x)] = v
+        known = full
+    if shape is None:
+        return tuple(known)
+    return tuple(s if s is not None else k for s, k in zip(shape, known))
+
+
+def _scales_input(view: NodeView) -> str:
+    """The name of the scales input: (X, scales) for Upsample and Resize-10, (X, roi, scales, sizes) from 11."""
+    from ..graph import opset_version
+    position = 1 if (view.op_type == "Upsample" or opset_version(view.index.model) < 11) else 2
+    return view.inputs[position] if len(view.inputs) > position else ""
+
+
+def _resize_scales(view: NodeView, x_shape: tuple, y_shape: tuple) -> list:
+    """Per-axis scale as the coordinate transform uses it: the given scales (input or attribute), else out / in."""
+    rank = len(x_shape)
+    name = _scales_input(view)
+    scales = view.const(name) if name else None
+    if scales is None and view.attr("scales") is not None:
+        scales = np.asarray(view.attr("scales"))
+    if scales is None or scales.size == 0:
+        return [(o / i) if (i and o) else 1.0 for i, o in zip(x_shape, y_shape)]
+    scales = scales.astype(np.float64).reshape(-1).tolist()
+    axes = view.attr("axes")
+    if axes is None:
+        return scales
+    full = [1.0] * rank
+    for a, value in zip(axes, scales):
+        full[a % rank] = value
+    return full
+
+
+@register(("Resize", "Upsample"), group="shape", rules=(Pass,), check=_check_resize)
+def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """Resize as the linear map it is, moved back by its exact transpose: R_x = J^T R_y, per axis
+    R_x = A^T R with A (out, in) the interpolation matrix (nearest: one-hot rows, a nearest upsample's transpose sums
+    the copies; linear: two weights per row). Chosen over Norm because each row of A sums to one, so the transpose
+    conserves exactly without a stabilizer, and it is what Zennit does with an Upsample layer (its gradient)."""
+    x = view.inputs[0]
+    x_shape, y_shape = view.shape(x), resize_output_shape(view)
+    rank = len(x_shape)
+    scales = _resize_scales(view, x_shape, y_shape)
+    if scales[0] != 1.0:
+        raise CompileError(f"Resize of {x!r} changes the batch axis")
+    mode = view.attr("mode", "nearest")
+    default_ctm = "half_pixel" if b.opset >= 11 else "asymmetric"
+    ctm = view.attr("coordinate_transformation_mode", default_ctm)
+    nearest_mode = view.attr("nearest_mode", "round_prefer_floor" if b.opset >= 11 else "simple")
+    back = R[0]
+    block_axes, block_shape = [], []
+    for axis in range(1, rank):
+        n_in, n_out = x_shape[axis], y_shape[axis]
+        A = resize_matrix(n_in, n_out, scales[axis], mode, ctm, nearest_mode)
+        if n_in == n_out and np.array_equal(A, np.eye(n_in)):
+            block_shape.append(n_in)
+            continue
+        factor = n_out // n_in
+        if n_out == factor * n_in and np.array_equal(A, np.kron(np.eye(n_in), np.ones((factor, 1)))):
+            block_shape += [n_in, factor]  # a nearest upsample by an integer factor: sum each block of copies
+            block_axes.append(len(block_shape))
+            continue
+        back = axis_matmul(b, back, axis, rank, A)
+        block_shape.append(n_in)
+    if block_axes:
+        split = b.op("Reshape", [back, b.ints([0] + block_shape, "blocks")], "R_blocks")
+        back = b.reduce("ReduceSum", split, block_axes, keepdims=False, hint="R_x")
+    return Emitted([back] + [None] * (len(view.inputs) - 1))

@@ -1,0 +1,381 @@
+"""The generic linear emitter: any LRP rule (groups of terms, see rules.py) on any linear op (see linear.py).
+
+A rule's terms are planned before anything is emitted, so that the relevance graph does the least work that
+computes the same numbers (to float32 rounding):
+- inputs are resolved first: x+ is x and x- vanishes where x is provably >= 0; a scalar bound or an input of ones
+  is a constant factor, folded into the weight it multiplies; a zero bound or an all-zero weight drops its term;
+- modified weights are linear combinations a*W + c*W+ (W- = W - W+, gamma's W + g W+ and W + g W-), so all terms
+  of a group on one input become one combined weight: one forward and one transposed op; the group coefficient and
+  the term sign are folded into the transposed weight;
+- a group's denominator reuses the forward output z = W x + b for its W part (no second forward op); a forward of
+  a constant input (bounds, ones) is a constant that onnxruntime folds when the session starts;
+- a denominator that is a sum of non-negative terms (z+, the positive alpha-beta group) needs no sign:
+  stab(z) = z + eps, and eps goes into the forward op's bias;
+- bias relevance and the stabilizer share are reduced from s before the bias multiplies them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..builder import GraphBuilder
+from ..errors import CompileError
+from ..rules import LINEAR_RULES, Rule, modify_weight
+
+DATA_INPUTS = ("x", "pos", "neg")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# weight keys: modify_weight's keys, plus "lin:a:c" = a*W + c*W+ and "np:f:key" = f * modify_weight(key)
+def basis(key: str) -> Optional[tuple]:
+    """(a, c) with weight(key) == a*W + c*W+, None for modifiers outside that span (W2, ones, np:...)."""
+    if key == "W":
+        return (1.0, 0.0)
+    if key == "W+":
+        return (0.0, 1.0)
+    if key == "W-":
+        return (1.0, -1.0)
+    if key.startswith("lin:"):
+        a, c = key[4:].split(":")
+        return (float(a), float(c))
+    if key.startswith("Wup:"):
+        return (1.0, float(key[4:]))
+    if key.startswith("Wdn:"):
+        g = float(key[4:])
+        return (1.0 + g, -g)
+    return None
+
+
+def lin_key(a: float, c: float) -> str:
+    """The weight key of a*W + c*W+ (the plain key where one exists)."""
+    for key, value in (("W", (1.0, 0.0)), ("W+", (0.0, 1.0)), ("W-", (1.0, -1.0))):
+        if (a, c) == value:
+            return key
+    return f"lin:{float(a)!r}:{float(c)!r}"
+
+
+def weight_value(key: str, w: np.ndarray) -> np.ndarray:
+    """The modified weight of any key, in NumPy."""
+    if key.startswith("np:"):
+        factor, inner = key[3:].split(":", 1)
+        return float(factor) * weight_value(inner, w)
+    ac = basis(key) if key.startswith("lin:") else None
+    if ac is not None:
+        return ac[0] * w + ac[1] * np.maximum(w, 0)
+    return modify_weight(key, w)
+
+
+@dataclass(frozen=True)
+class WeightSigns:
+    """Which signs a weight has, enough to know the sign pattern of every modified weight without computing it."""
+
+    any_pos: bool
+    any_neg: bool
+
+    @classmethod
+    def of(cls, w: np.ndarray) -> "WeightSigns":
+        """Scan a weight once."""
+        return cls(bool(np.any(w > 0)), bool(np.any(w < 0)))
+
+    def sign(self, key: str, w: np.ndarray) -> Optional[int]:
+        """+1 if weight(key) >= 0 everywhere, -1 if <= 0, 0 if identically zero, None if mixed."""
+        ac = basis(key)
+        if ac is None:
+            if key in ("W2", "ones"):
+                return 1 if (key == "ones" or self.any_pos or self.any_neg) else 0
+            value = weight_value(key, w)
+            return _array_sign(value)
+        a, c = ac
+        signs = set()
+        if self.any_pos and a + c != 0:
+            signs.add(1 if a + c > 0 else -1)
+        if self.any_neg and a != 0:
+            signs.add(-1 if a > 0 else 1)
+        if not signs:
+            return 0
+        return signs.pop() if len(signs) == 1 else None
+
+
+def _array_sign(value) -> Optional[int]:
+    """+1 / -1 / 0 / None (mixed) for an array."""
+    value = np.asarray(value)
+    pos, neg = bool(np.any(value > 0)), bool(np.any(value < 0))
+    return 0 if not (pos or neg) else (1 if not neg else (-1 if not pos else None))
+
+
+def pad_rank(array: np.ndarray, rank: Optional[int]) -> np.ndarray:
+    """Left-pad an array's shape with ones up to rank."""
+    if rank is None or array.ndim >= rank:
+        return array
+    return array.reshape((1,) * (rank - array.ndim) + array.shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# planning
+@dataclass
+class Part:
+    """The terms of one group that read the same input: sum_t factor_t * W_t applied to it."""
+
+    input: str                            # "x", "pos", "neg", "one" (constant 1, value in the factors), "const:k"
+    keys: list = field(default_factory=list)   # [(weight key, factor)]
+    array: Optional[np.ndarray] = None    # per-channel constant input values of a "const:k" part
+
+    def combined(self) -> Optional[tuple]:
+        """(a, c) of the summed weight sum_t factor_t W_t = a W + c W+, None if a key lies outside that span."""
+        a = c = 0.0
+        for key, factor in self.keys:
+            ac = basis(key)
+            if ac is None:
+                return None
+            a, c = a + factor * ac[0], c + factor * ac[1]
+        return (a, c)
+
+    def weight_keys(self, scale: float = 1.0) -> list:
+        """Keys whose ops, summed, apply scale * the part's weight."""
+        ac = self.combined()
+        if ac is not None:
+            a, c = ac[0] * scale, ac[1] * scale
+            return [] if a == 0 and c == 0 else [lin_key(a, c)]
+        return [key if factor * scale == 1.0 else f"np:{factor * scale!r}:{key}" for key, factor in self.keys]
+
+
+@dataclass
+class GroupPlan:
+    """One group after input resolution: its parts, total bias, and whether its denominator is provably >= 0."""
+
+    group: object
+    parts: list
+    bias_total: Optional[np.ndarray]
+    nonnegative: bool = False
+
+
+def _resolve(term, rule: Rule, x_nonneg: bool) -> Optional[tuple]:
+    """(input, factor, per-channel array) of a term's input after what is known about x; None if it is zero."""
+    kind = term.input
+    if kind == "pos" and x_nonneg:
+        kind = "x"
+    if kind == "neg" and x_nonneg:
+        return None
+    if kind == "ones":
+        return ("one", term.sign, None)
+    if kind in ("low", "high"):
+        value = np.asarray(getattr(rule, kind), dtype=np.float64)
+        if not np.any(value):
+            return None
+        if value.size == 1:
+            return ("one", term.sign * float(value.reshape(-1)[0]), None)
+        return (f"const:{kind}", term.sign, value.reshape(-1))
+    return (kind, term.sign, None)
+
+
+def plan_groups(rule: Rule, op, x_nonneg: bool) -> list:
+    """Resolve every group's terms into parts; drop terms whose weight or input is identically zero."""
+    signs = WeightSigns.of(op.weight)
+    plans = []
+    for group in rule.groups():
+        parts: dict = {}
+        for term in group.terms:
+            resolved = _resolve(term, rule, x_nonneg)
+            if resolved is None or signs.sign(term.weight, op.weight) == 0:
+                continue
+            name, factor, array = resolved
+            part = parts.setdefault(name, Part(name, array=array))
+            part.keys.append((term.weight, factor))
+        bias_total = None
+        if op.bias is not None:
+            bias_total = sum(term.sign * modify_weight(term.bias, op.bias) for term in group.terms)
+            if not np.any(bias_total):
+                bias_total = None
+        kept = [p for p in parts.values() if p.weight_keys()]
+        plan = GroupPlan(group, kept, bias_total)
+        plan.nonnegative = group.eps > 0 and _provably_nonnegative(plan, signs, op, x_nonneg)
+        plans.append(plan)
+    return plans
+
+
+def _provably_nonnegative(plan: GroupPlan, signs: WeightSigns, op, x_nonneg: bool) -> bool:
+    """True when every term of the group's denominator is >= 0 (then sgn0 is +1 everywhere)."""
+    if plan.bias_total is not None and np.any(plan.bias_total < 0):
+        return False
+    for part in plan.parts:
+        if part.input == "x" and (part.combined() or (0.0, 0.0))[0] != 0:
+            return False  # computed from z - b: rounding could make a zero slightly negative
+        in_sign = {"x": 1 if x_nonneg else None, "pos": 1, "neg": -1, "one": 1}.get(part.input)
+        if part.array is not None:
+            in_sign = _array_sign(part.array)
+        if in_sign is None:
+            return False
+        for key in part.weight_keys():
+            w_sign = signs.sign(key, op.weight)
+            if w_sign is None or w_sign * in_sign < 0:
+                return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# emission
+class _Inputs:
+    """Input tensors of one emit, built once: x, x+, x-, constant (batch 1, folded) or x-shaped ones and bounds."""
+
+    def __init__(self, b: GraphBuilder, view, op) -> None:
+        self.b, self.view, self.op = b, view, op
+        self._cache: dict = {}
+
+    def data(self, kind: str) -> str:
+        """x, Relu(x) or Min(x, 0)."""
+        if kind not in self._cache:
+            b, x = self.b, self.op.x
+            self._cache[kind] = {"x": lambda: x, "pos": lambda: b.op("Relu", [x], "x_pos"),
+                                 "neg": lambda: b.op("Min", [x, b.const(0.0)], "x_neg")}[kind]()
+        return self._cache[kind]
+
+    def const(self, part: Part) -> str:
+        """A part's constant input (ones, or per-channel bounds), batch 1 when x's shape is static."""
+        key = part.input
+        if key not in self._cache:
+            b = self.b
+            value = np.ones(1) if part.array is None else self._channel_array(part.array)
+            shape = self.op.const_input_shape(self.view)
+            target = b.ints(shape) if shape is not None else b.op("Shape", [self.op.x], "x_shape")
+            self._cache[key] = b.op("Expand", [b.const(value), target], "const_in")
+        return self._cache[key]
+
+    def channel_scale(self, part: Part) -> str:
+        """A per-channel array shaped to broadcast along x's axis 1."""
+        return self.b.const(self._channel_array(part.array), hint="bound")
+
+    def _channel_array(self, array: np.ndarray) -> np.ndarray:
+        """(C,) -> (1, C, 1, ...) along axis 1 of x, checked against x's channel count."""
+        shape = self.view.shape(self.op.x)
+        if shape is None or len(shape) < 2:
+            raise CompileError(f"per-channel bounds need a known channel axis on {self.op.x!r}")
+        if shape[1] is not None and shape[1] != array.size:
+            raise CompileError(
+                f"per-channel bounds have {array.size} values but input {self.op.x!r} has {shape[1]} channels")
+        return array.reshape((1, array.size) + (1,) * (len(shape) - 2))
+
+
+def _weighted_sum(b: GraphBuilder, pieces: list, const: Optional[str], hint: str) -> str:
+    """sum_i f_i * v_i (+ const): +-1 factors without a product, others with one Mul each."""
+    plus = [v for v, f in pieces if f == 1.0]
+    minus = [v for v, f in pieces if f == -1.0]
+    plus += [b.op("Mul", [v, b.const(f)], "scaled") for v, f in pieces if f not in (1.0, -1.0)]
+    if const is not None:
+        plus.append(const)
+    if not plus:
+        plus = [b.const(0.0)]
+    total = b.add_all(plus, hint)
+    return b.op("Sub", [total, b.add_all(minus, "minus")], hint) if minus else total
+
+
+def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: dict) -> str:
+    """The group's denominator z_g (plus eps when it is provably >= 0), reusing z and sharing W+ x."""
+    bias = np.zeros(1) if plan.bias_total is None else pad_rank(plan.bias_total, op.z_rank)
+    if plan.nonnegative:
+        bias = bias + plan.group.eps
+    pieces, direct = [], []
+    for part in plan.parts:
+        ac = part.combined()
+        if part.input == "x" and ac is not None and (ac[0] != 0 or shared["use_P"]):
+            a, c = ac
+            if a != 0:
+                pieces.append((op.z, a))
+                if op.bias is not None:
+                    bias = bias - a * pad_rank(op.bias, op.z_rank)
+            if c != 0:
+                if "P" not in shared:
+                    shared["P"] = op.forward(b, op.x, "W+")
+                pieces.append((shared["P"], c))
+        elif part.input in DATA_INPUTS:
+            direct += [(inputs.data(part.input), key) for key in part.weight_keys()]
+        else:
+            pieces += [(op.forward(b, inputs.const(part), key), 1.0) for key in part.weight_keys()]
+    const = bias if np.any(bias) else None
+    if direct:
+        x, key = direct[0]
+        pieces.insert(0, (op.forward_bias(b, x, key, const), 1.0))
+        const = None
+        pieces[1:1] = [(op.forward(b, x2, key2), 1.0) for x2, key2 in direct[1:]]
+    if len(pieces) == 1 and const is None and pieces[0][1] == 1.0:
+        return pieces[0][0]
+    return _weighted_sum(b, pieces, b.const(const, hint="b") if const is not None else None, "z_mod")
+
+
+def _needs_shared_positive(plans: list) -> bool:
+    """True when W+ x is needed next to z (a group mixing W and W+ on x): then every W+-only part reuses it too."""
+    for plan in plans:
+        for part in plan.parts:
+            ac = part.combined()
+            if part.input == "x" and ac is not None and ac[0] != 0 and ac[1] != 0:
+                return True
+    return False
+
+
+def _bias_axes(op) -> list:
+    """Axes of z (but the batch axis) along which the bias is constant: its relevance is summed over them."""
+    bias = pad_rank(op.bias, op.z_rank)
+    rank = op.z_rank if op.z_rank is not None else bias.ndim
+    axes = [i for i in range(1, rank) if i >= rank - bias.ndim and bias.shape[i - (rank - bias.ndim)] == 1]
+    axes += [i for i in range(1, rank - bias.ndim)]
+    return sorted(set(axes))
+
+
+def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
+    """Generic linear rule: returns (R_x, R_bias (N, units) or None, stabilizer share (N,) or None)."""
+    if not isinstance(rule, LINEAR_RULES):
+        raise CompileError(f"rule {rule.name!r} does not apply to a linear node")
+    x_nonneg = op.x in view.nonnegative
+    plans = plan_groups(rule, op, x_nonneg)
+    inputs = _Inputs(b, view, op)
+    shared = {"use_P": _needs_shared_positive(plans)}
+    masks: dict = {}
+    backs: dict = {}  # input -> [(part, transposed value)]
+    bias_parts, stab_parts = [], []
+    for plan in plans:
+        group = plan.group
+        z_g = _denominator(b, plan, op, inputs, shared)
+        R_g = R
+        if group.mask is not None:
+            if group.mask not in masks:
+                masks[group.mask] = b.op("Greater" if group.mask == "pos" else "Less", [op.z, b.const(0.0)], "mask")
+            R_g = b.op("Where", [masks[group.mask], R, b.const(0.0)], "R_masked")
+        if plan.nonnegative:
+            s, share = b.op("Div", [R_g, z_g], "s"), None
+        else:
+            s, share = b.normalize(R_g, z_g, group.eps)
+        for part in plan.parts:
+            for key in part.weight_keys(group.coeff):
+                backs.setdefault(part.input, []).append((part, op.transpose(b, s, key)))
+        reduced = None
+        if plan.bias_total is not None:
+            axes = _bias_axes(op)
+            reduced = b.reduce("ReduceSum", s, axes, keepdims=True, hint="s_red") if axes else s
+            factor = pad_rank(group.coeff * plan.bias_total, op.z_rank)
+            bias_parts.append(b.op("Mul", [reduced, b.const(factor)], "r_bias"))
+        if share is None:  # stab = z_g + eps: the share is eps * sum(s)
+            total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum")
+            stab_parts.append(b.op("Mul", [total, b.const(group.coeff * group.eps)], "stab"))
+        else:
+            total = b.per_sample_sum(share, "stab_sum")
+            stab_parts.append(total if group.coeff == 1.0 else b.op("Mul", [total, b.const(group.coeff)], "stab"))
+    if any(p.group.mask is not None for p in plans):  # relevance at units with z == 0 flows nowhere: report it
+        is_zero = b.op("Equal", [op.z, b.const(0.0)], "z_is_zero")
+        stab_parts.append(b.per_sample_sum(b.op("Where", [is_zero, R, b.const(0.0)], "R_dropped"), "dropped"))
+
+    x_parts = []
+    for kind, entries in backs.items():
+        back = b.add_all([v for _, v in entries], "back")
+        if kind in DATA_INPUTS:
+            x_parts.append(b.op("Mul", [inputs.data(kind), back], "r_in"))
+        elif kind == "one":
+            x_parts.append(back)
+        else:
+            x_parts.append(b.op("Mul", [inputs.channel_scale(entries[0][0]), back], "r_in"))
+    R_x = b.add_all(x_parts, "R_x") if x_parts else b.zeros_like(op.x, "R_x0")
+    R_b = None
+    if bias_parts:
+        R_b = b.op("Reshape", [b.add_all(bias_parts, "R_b_full"), b.ints([0, -1])], "R_b")
+    stab = b.add_all(stab_parts, "stab_all") if stab_parts else None
+    return R_x, R_b, stab
