@@ -82,7 +82,7 @@ def main() -> None:
 
 
 @main.command("compile")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())  # load_model names a folder in one line
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
 @composite_option
 @set_option
@@ -102,7 +102,7 @@ def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) 
 
 
 @main.command("explain")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())  # load_model names a folder in one line
 @click.option("--input", "-i", "input_file", required=True, help=".npy, .npz or image (.png, .jpg) with the batch.")
 @click.option("--target", "-t", "targets", multiple=True, type=int, help="Class to explain (one, or one per sample).")
 @composite_option
@@ -166,7 +166,7 @@ def rules_cmd() -> None:
 
 
 @main.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())  # load_model names a folder in one line
 @composite_option
 @set_option
 @output_option

@@ -41,7 +41,7 @@ def _print_table(table) -> None:
 def report_options(fn):
     """The options bias-table and profile share with explain."""
     for option in reversed([
-        click.argument("model", type=click.Path(dir_okay=False)),
+        click.argument("model", type=click.Path()),  # load_model names a folder in one line
         click.option("--input", "-i", "input_file", required=True,
                      help=".npy, .npz or image (.png, .jpg) with the batch."),
         click.option("--target", "-t", "targets", multiple=True, type=int,

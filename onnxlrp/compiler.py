@@ -270,7 +270,7 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
             raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}") from None
         except Exception as exc:  # an emitter bug must still name the node
             raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}) failed to compile: "
-                               f"{type(exc).__name__}: {exc}") from exc
+                               f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
         b.scope = "lrp/_"
         for inp, r in zip(node.input, emitted.inputs):
             if r is not None and inp in plan.path:
@@ -348,7 +348,8 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise CompileError(f"internal error: the compiled graph fails the ONNX checker: {str(exc).splitlines()[0]}")
+        raise CompileError(f"internal error: the compiled graph fails the ONNX checker: "
+                           f"{' '.join(str(exc).split())[:300]}")
     return model
 
 

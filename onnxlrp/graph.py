@@ -29,7 +29,10 @@ def _check_external_locations(model: onnx.ModelProto, folder: Path) -> None:
             target = (base / location).resolve()
         except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
             raise ModelLoadError(f"external data of tensor {tensor.name!r} has an invalid location {location!r}")
-        if os.path.isabs(location) or (base != target and base not in target.parents):
+        if os.path.isabs(location):
+            raise ModelLoadError(f"external data of tensor {tensor.name!r} has an absolute location {location!r} "
+                                 f"(refused: external data must lie in the model's folder)")
+        if base != target and base not in target.parents:
             raise ModelLoadError(
                 f"external data of tensor {tensor.name!r} points outside the model's folder: {location!r} (refused)")
         if not target.is_file():

@@ -13,7 +13,7 @@ import onnx
 
 from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
 from .errors import InputError, ModelLoadError, OnnxLrpError
-from .graph import ModelLike, load_model
+from .graph import ModelLike, inconsistency, load_model
 
 _PROBE_LOCK = threading.Lock()
 _CUDA_WORKS: Optional[bool] = None
@@ -255,6 +255,9 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 def _session_error(source: onnx.ModelProto, exc: Exception) -> OnnxLrpError:
     """Tell a model that onnxruntime cannot run at all from a compiled graph that it cannot run (an onnxlrp bug)."""
     import onnxruntime as ort
+    problem = inconsistency(source)
+    if problem is not None:
+        return ModelLoadError(problem)
     try:
         with _quiet_stderr():
             ort.InferenceSession(source.SerializeToString(), providers=["CPUExecutionProvider"])

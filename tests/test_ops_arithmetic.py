@@ -179,3 +179,16 @@ def test_product_of_two_gates_is_refused():
     model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", [None, None])])
     with pytest.raises(UnsupportedModelError, match=r"Mul x1 \(gates\): both operands are gates"):
         explain_dense(model, {"x": np.ones((1, 3))}, np.ones((1, 3), np.float32))
+
+
+def test_gate_broadcasting_the_signal():
+    """A (N, C, 1, 1) signal times a (N, C, H, W) gate: the signal receives R summed over the copies."""
+    nodes = [helper.make_node("Sigmoid", ["g"], ["gate"]), helper.make_node("Mul", ["s", "gate"], ["y"])]
+    model = make_model(nodes, [tensor("s", ["N", 3, 1, 1]), tensor("g", ["N", 3, 2, 2])], [tensor("y", [None] * 4)])
+    g = rng(12)
+    feeds = {"s": g.normal(size=(2, 3, 1, 1)).astype(np.float32), "g": g.normal(size=(2, 3, 2, 2)).astype(np.float32)}
+    R = g.normal(size=(2, 3, 2, 2)).astype(np.float32)
+    res = explain_dense(model, feeds, R)
+    assert_close(res.relevance["s"], R.astype(np.float64).sum(axis=(2, 3), keepdims=True), 1e-6)
+    assert np.all(res.relevance["g"] == 0)
+    assert res.conservation_error(R) < 1e-6

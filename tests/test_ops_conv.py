@@ -28,6 +28,7 @@ CONV_CASES = {
     "2d_groups2": ((1, 4, 5, 5), (6, 2, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
     "2d_depthwise": ((1, 4, 6, 6), (4, 1, 3, 3), dict(group=4, strides=[2, 2], pads=[1, 1, 1, 1])),
     "2d_depthwise_x2": ((1, 3, 5, 5), (6, 1, 3, 3), dict(group=3, pads=[0, 1, 1, 0])),
+    "2d_groups_one_output_each": ((1, 4, 4, 4), (2, 2, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
     "2d_same_upper_s2": ((1, 2, 6, 7), (3, 2, 3, 3), dict(strides=[2, 2], auto_pad="SAME_UPPER")),
     "2d_same_lower_s2": ((1, 2, 6, 7), (3, 2, 4, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     "2d_same_upper_even_k": ((1, 2, 7, 6), (2, 2, 4, 2), dict(auto_pad="SAME_UPPER")),  # ORT: no dilation with SAME

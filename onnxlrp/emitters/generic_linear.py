@@ -121,6 +121,7 @@ class Part:
     input: str                            # "x", "pos", "neg", "one" (constant 1, value in the factors), "const:k"
     keys: list = field(default_factory=list)   # [(weight key, factor)]
     array: Optional[np.ndarray] = None    # per-channel constant input values of a "const:k" part
+    reuse: bool = False                   # its forward is a*z + c*(W+ x) + const (see _reuse_is_exact)
 
     def combined(self) -> Optional[tuple]:
         """(a, c) of the summed weight sum_t factor_t W_t = a W + c W+, None if a key lies outside that span."""
@@ -190,9 +191,31 @@ def plan_groups(rule: Rule, op, x_nonneg: bool) -> list:
                 bias_total = None
         kept = [p for p in parts.values() if p.weight_keys()]
         plan = GroupPlan(group, kept, bias_total)
+        for part in kept:
+            part.reuse = _reuse_is_exact(plan, part, op, x_nonneg)
         plan.nonnegative = group.eps > 0 and _provably_nonnegative(plan, signs, op, x_nonneg)
         plans.append(plan)
     return plans
+
+
+def _reuse_is_exact(plan: GroupPlan, part: Part, op, x_nonneg: bool) -> bool:
+    """May the part's forward a*W x + c*W+ x + bias be computed as a*z + c*P + (bias - a*b), P = W+ x?
+
+    Only where nothing cancels, so that it is as exact as a forward op of its own: the plain group (it is z), or a
+    masked group (gamma) whose other terms have the mask's sign: where z > 0, a*z + c*P + adj with a > 0, c >= 0,
+    adj >= 0 and P >= 0 (x >= 0) is a sum of non-negative numbers (the mirror where z < 0). Elsewhere z - b would
+    cancel catastrophically when |b| >> |W x| (z^B, the negative alpha-beta group)."""
+    ac = part.combined()
+    if part.input != "x" or ac is None or ac[0] == 0:
+        return False
+    a, c = ac
+    bias = np.zeros(1) if op.bias is None else op.bias
+    total = np.zeros(1) if plan.bias_total is None else plan.bias_total
+    adj = total - a * bias
+    if plan.group.mask is None:
+        return (a, c) == (1.0, 0.0) and not np.any(adj) and len(plan.parts) == 1
+    sign = 1.0 if plan.group.mask == "pos" else -1.0
+    return x_nonneg and a > 0 and sign * c >= 0 and bool(np.all(sign * adj >= 0))
 
 
 def _provably_nonnegative(plan: GroupPlan, signs: WeightSigns, op, x_nonneg: bool) -> bool:
@@ -200,8 +223,8 @@ def _provably_nonnegative(plan: GroupPlan, signs: WeightSigns, op, x_nonneg: boo
     if plan.bias_total is not None and np.any(plan.bias_total < 0):
         return False
     for part in plan.parts:
-        if part.input == "x" and (part.combined() or (0.0, 0.0))[0] != 0:
-            return False  # computed from z - b: rounding could make a zero slightly negative
+        if part.reuse:
+            return False  # computed from z: keep the general stabilizer
         in_sign = {"x": 1 if x_nonneg else None, "pos": 1, "neg": -1, "one": 1}.get(part.input)
         if part.array is not None:
             in_sign = _array_sign(part.array)
@@ -278,7 +301,7 @@ def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: 
     pieces, direct = [], []
     for part in plan.parts:
         ac = part.combined()
-        if part.input == "x" and ac is not None and (ac[0] != 0 or shared["use_P"]):
+        if part.reuse or (part.input == "x" and ac is not None and ac[0] == 0 and shared["use_P"]):
             a, c = ac
             if a != 0:
                 pieces.append((op.z, a))
@@ -305,12 +328,7 @@ def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: 
 
 def _needs_shared_positive(plans: list) -> bool:
     """True when W+ x is needed next to z (a group mixing W and W+ on x): then every W+-only part reuses it too."""
-    for plan in plans:
-        for part in plan.parts:
-            ac = part.combined()
-            if part.input == "x" and ac is not None and ac[0] != 0 and ac[1] != 0:
-                return True
-    return False
+    return any(part.reuse and part.combined()[1] != 0 for plan in plans for part in plan.parts)
 
 
 def _bias_axes(op) -> list:

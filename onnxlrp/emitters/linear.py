@@ -212,6 +212,8 @@ class ConvOp(LinearOp):
                 w = b.op("Reshape", [w, b.ints([group, cout // group, cin_g] + kernel)], "w_groups")
                 w = b.op("Transpose", [w], "w_swap", perm=[0, 2, 1] + list(range(3, nd + 3)))
                 w = b.op("Reshape", [w, b.ints([group * cin_g, cout // group] + kernel)], "w_swapped")
+            elif cin_g > 1:  # one output per group: (group, cin_g) -> (group * cin_g, 1) is a reshape
+                w = b.op("Reshape", [w, b.ints([group * cin_g, 1] + kernel)], "w_swapped")
             axes = list(range(2, nd + 2))
             flipped = b.op("Slice", [w, b.ints([-1] * nd), b.ints([-(2 ** 63)] * nd), b.ints(axes), b.ints([-1] * nd)],
                            "w_flip")
@@ -373,6 +375,9 @@ def _check_conv(view: NodeView) -> Optional[str]:
         return "its weight is not a constant"
     if len(view.inputs) > 2 and view.inputs[2] and view.const(view.inputs[2]) is None:
         return "its bias is not a constant"
+    kernel = list(view.const(view.inputs[1]).shape[2:])
+    if list(view.attr("kernel_shape", kernel)) != kernel:  # ONNX shape inference lets this through
+        return f"its kernel_shape {list(view.attr('kernel_shape'))} contradicts its weight's {kernel} (a broken model)"
     shape = view.shape(view.inputs[0])
     if shape is None or any(d is None for d in shape[2:]):
         return f"the spatial shape of its input {view.inputs[0]!r} is not known at compile time"

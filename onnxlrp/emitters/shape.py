@@ -382,6 +382,9 @@ def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     block_axes, block_shape = [], []
     for axis in range(1, rank):
         n_in, n_out = x_shape[axis], y_shape[axis]
+        if n_in == n_out and scales[axis] == 1.0:  # an axis Resize leaves alone (onnxruntime copies it)
+            block_shape.append(n_in)
+            continue
         A = resize_matrix(n_in, n_out, scales[axis], mode, ctm, nearest_mode)
         if n_in == n_out and np.array_equal(A, np.eye(n_in)):
             block_shape.append(n_in)
