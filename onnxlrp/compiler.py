@@ -130,6 +130,25 @@ def nonnegative_values(index: GraphIndex, path: set) -> frozenset:
     return frozenset(known)
 
 
+def _prune_silent_branches(index: GraphIndex, explained: str, path: set, nodes: list, nonneg: frozenset) -> tuple:
+    """Drop nodes whose outputs only feed inputs that never receive relevance (the branch of a sigmoid gate):
+    they need no rule and no emitter. Returns the reduced (path, nodes)."""
+    receives = {explained}
+    kept = []
+    for node in reversed(nodes):
+        if not any(o in receives for o in node.output):
+            continue
+        kept.append(node)
+        spec = lookup(node.op_type) if node.domain in ("", "ai.onnx") else None
+        silent = set()
+        if spec is not None and spec.silent is not None:
+            view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
+            silent = spec.silent(view)
+        receives.update(i for i in node.input if i in path and i not in silent)
+    kept.reverse()
+    return {v for v in path if v in receives}, kept
+
+
 def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[str]) -> Plan:
     """Canonical model -> Plan, raising UnsupportedModelError that lists every problem at once."""
     index = GraphIndex.build(model)
@@ -138,8 +157,9 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     if explained not in path:
         raise OnnxLrpError(f"output {out_name!r} does not depend on any floating-point input: nothing to explain")
     nodes = [n for n in index.order if any(o in path for o in n.output)]
-    plan = Plan(index, explained, out_name, path, nodes)
     nonneg = nonnegative_values(index, path)
+    path, nodes = _prune_silent_branches(index, explained, path, nodes, nonneg)
+    plan = Plan(index, explained, out_name, path, nodes)
     problems, assignable = [], []
     for node in nodes:
         view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)

@@ -95,12 +95,13 @@ class EmitterSpec:
     group: Callable[[NodeView], str]
     rules: object  # tuple of rule classes, or a function NodeView -> tuple
     check: Optional[Callable[[NodeView], Optional[str]]] = None  # returns a reason when the node is unsupported
+    silent: Optional[Callable[[NodeView], set]] = None  # inputs that never receive relevance (a gate's branch)
 
 
 REGISTRY: dict = {}
 
 
-def register(op_types, *, group, rules, check=None):
+def register(op_types, *, group, rules, check=None, silent=None):
     """Decorator: register fn as the emitter of each op type; group is a name or a function of the NodeView."""
     group_fn = group if callable(group) else (lambda view, _g=group: _g)
     names = [op_types] if isinstance(op_types, str) else list(op_types)
@@ -109,7 +110,7 @@ def register(op_types, *, group, rules, check=None):
         for op in names:
             if op in REGISTRY:
                 raise RuntimeError(f"emitter for {op} registered twice")
-            REGISTRY[op] = EmitterSpec(op, fn, group_fn, rules if callable(rules) else tuple(rules), check)
+            REGISTRY[op] = EmitterSpec(op, fn, group_fn, rules if callable(rules) else tuple(rules), check, silent)
         return fn
 
     return wrap

@@ -171,7 +171,13 @@ def _mul_rules(view: NodeView) -> tuple:
     return (Pass,) if gate_split(view) is not None else LINEAR_RULES
 
 
-@register("Mul", group=_mul_group, rules=_mul_rules, check=_check_scale)
+def _gate_branch(view: NodeView) -> set:
+    """The gate operand of signal * gate: its branch receives no relevance (and needs no rule)."""
+    split = gate_split(view)
+    return {view.inputs[1 - split[0]]} if split is not None else set()
+
+
+@register("Mul", group=_mul_group, rules=_mul_rules, check=_check_scale, silent=_gate_branch)
 def emit_mul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Mul by a constant: an elementwise linear node. Signal * gate (x * sigmoid(.), x * hardsigmoid(.), GELU's
     x * (1 + erf(x / sqrt 2)) / 2, a squeeze-excitation scale): the gate is taken as a constant weight on the
