@@ -34,7 +34,7 @@ CONSERVATION_F64 = 1e-12
 
 
 @pytest.fixture(scope="module")
-def runs(zennit, tmp_path_factory) -> ZooRuns:
+def runs(zennit: object, tmp_path_factory: pytest.TempPathFactory) -> ZooRuns:
     """The module's shared cache of zoo runs (zennit: the fixture that makes zennit importable)."""
     return ZooRuns(tmp_path_factory.mktemp("zoo"))
 
@@ -43,7 +43,7 @@ CASES = [(name, exporter, composite) for name in ZOO for exporter in EXPORTERS f
 
 
 @pytest.mark.parametrize("name,exporter,composite", CASES)
-def test_zoo_conserves(runs, name, exporter, composite):
+def test_zoo_conserves(runs: ZooRuns, name: str, exporter: str, composite: str) -> None:
     """float32: total == PyTorch's output at the target, and total == inputs + biases + stabilizer to 1e-4; float64:
     the same identity to 1e-12."""
     import torch
@@ -59,7 +59,7 @@ def test_zoo_conserves(runs, name, exporter, composite):
 
 
 @pytest.mark.parametrize("name,exporter,composite", CASES)
-def test_zoo_matches_zennit(runs, name, exporter, composite):
+def test_zoo_matches_zennit(runs: ZooRuns, name: str, exporter: str, composite: str) -> None:
     """float32 (onnxruntime) input relevance within 1e-4 relative L2 of Zennit's exact (float64) relevance.
 
     Where Zennit's own float32 result is further than 5e-5 from its float64 one (the DenseNet: see zoo.ZOO's note),
@@ -72,7 +72,7 @@ def test_zoo_matches_zennit(runs, name, exporter, composite):
 
 
 @pytest.mark.parametrize("name,exporter,composite", CASES)
-def test_zoo_matches_zennit_float64(runs, name, exporter, composite):
+def test_zoo_matches_zennit_float64(runs: ZooRuns, name: str, exporter: str, composite: str) -> None:
     """float64 export in onnx's reference evaluator vs Zennit in float64: the same rules to 1e-8 relative L2
     (MobileNetV3: 1e-6, as ONNX stores hard-sigmoid's 1/6 as a float32 attribute; see zoo.ZOO's note)."""
     row, _ = runs.result(name, exporter, composite)

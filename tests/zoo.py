@@ -425,7 +425,7 @@ def exact_merge(base: type) -> type:
     class Exact(base):
         """`base` whose merged BatchNorm computes the exact identity."""
 
-        def register(self, linears, batch_norm) -> None:
+        def register(self, linears: list, batch_norm: nn.Module) -> None:
             """Merge, then turn the BatchNorm into the exact identity."""
             self.batch_norm_eps = batch_norm.eps
             super().register(linears, batch_norm)
@@ -465,7 +465,7 @@ def _mobilenet_v2(model: nn.Module) -> list:
     return _merge_sequential(model) + [residual_sum_canonizer()]
 
 
-def residual_sum_canonizer():
+def residual_sum_canonizer() -> "zennit.canonizers.AttributeCanonizer":
     """An AttributeCanonizer giving every InvertedResidual with a shortcut a Zennit Sum module for its addition,
     exactly as zennit.torchvision.ResNetBasicBlockCanonizer does for BasicBlock (the Norm rule then applies to it)."""
     from zennit.canonizers import AttributeCanonizer
@@ -488,18 +488,18 @@ class _GateAsConstant(torch.autograd.Function):
     """gate * x whose backward hands the incoming relevance to x unchanged and nothing to the gate."""
 
     @staticmethod
-    def forward(ctx, gate: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: object, gate: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The product."""
         ctx.gate_shape = gate.shape
         return gate * x
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple:
+    def backward(ctx: object, grad: torch.Tensor) -> tuple:
         """All relevance to the signal, none (zeros: Zennit's hooks on the gate branch need a tensor) to the gate."""
         return grad.new_zeros(ctx.gate_shape), grad
 
 
-def se_gate_canonizer():
+def se_gate_canonizer() -> "zennit.canonizers.AttributeCanonizer":
     """An AttributeCanonizer giving every SqueezeExcitation the gate rule onnxlrp documents (all relevance of
     gate * x to x, the gate a constant weight); stock Zennit passes the gradient through the product instead."""
     from zennit.canonizers import AttributeCanonizer
@@ -537,12 +537,14 @@ ZOO = {
     "vgg16_bn": ZooModel("vgg16_bn", vgg16_bn, (3, 32, 32), _merge_sequential),
     "resnet18": ZooModel("resnet18", resnet18, (3, 32, 32), _resnet),
     "resnet50": ZooModel("resnet50", resnet50, (3, 32, 32), _resnet),
-    "densenet": ZooModel("densenet", densenet, (3, 16, 16), _densenet,
-                         note="BatchNorms that read a concatenation (norm1, the transitions, norm5) are Pass in both "
-                              "Zennit's composites and onnxlrp's; conv1 -> norm2 and the stem are merged. A transition's "
-                              "average pool has a window whose mean is ~1/800 of its entries (a conv's signed output), "
-                              "and the Norm rule R_i = x_i R / (k mean) amplifies rounding: Zennit in float32 is "
-                              "1.7e-4 (relative L2) away from Zennit in float64 here"),
+    "densenet": ZooModel(
+        "densenet", densenet, (3, 16, 16), _densenet,
+        note="BatchNorms that read a concatenation (norm1, the transitions, norm5) are Pass in both Zennit's "
+             "composites and onnxlrp's; conv1 -> norm2 and the stem are merged. A transition's average pool has a "
+             "window whose mean is ~1/800 of its entries (a conv's signed output), and the Norm rule "
+             "R_i = x_i R / (k mean) amplifies rounding: Zennit in float32 is 1.7e-4 (relative L2) away from Zennit "
+             "in float64 here. In float64 the unmerged BNs' epsilon is a float32 ONNX attribute: the graph's logits "
+             "differ from PyTorch's by 2e-11, and that window amplifies it to ~1e-9 in the relevance"),
     "mobilenet_v2": ZooModel("mobilenet_v2", mobilenet_v2, (3, 32, 32), _mobilenet_v2),
     "mobilenet_v3": ZooModel(
         "mobilenet_v3", mobilenet_v3, (3, 32, 32), _mobilenet_v3,

@@ -55,7 +55,7 @@ def inputs(entry: ZooModel, seed: int = 7) -> np.ndarray:
     return np.clip(x, LOW, HIGH).astype(np.float32)
 
 
-def targets(entry: ZooModel, model) -> list:
+def targets(entry: ZooModel, model: "torch.nn.Module") -> list:
     """Class targets, or for a per-pixel map flat indices (class, row, column) into (C, H, W)."""
     if not entry.flat_targets:
         return CLASS_TARGETS
@@ -67,7 +67,7 @@ def targets(entry: ZooModel, model) -> list:
             int(np.ravel_multi_index((c - 1, 1, w - 2), (c, h, w)))]
 
 
-def export_model(name: str, exporter: str, folder: Path, model, dtype=np.float32) -> Path:
+def export_model(name: str, exporter: str, folder: Path, model: "torch.nn.Module", dtype: type = np.float32) -> Path:
     """Export the zoo model (a float64 copy for dtype float64) with the given torch exporter."""
     import torch
     example = torch.tensor(inputs(ZOO[name]).astype(dtype))
@@ -77,7 +77,7 @@ def export_model(name: str, exporter: str, folder: Path, model, dtype=np.float32
     return export(model, example, Path(folder) / f"{name}_{exporter}{suffix}.onnx", exporter)
 
 
-def zennit_composite(entry: ZooModel, model, composite: str):
+def zennit_composite(entry: ZooModel, model: "torch.nn.Module", composite: str) -> "zennit.core.Composite":
     """Zennit's composite with the model's canonizers."""
     import torch
     from zennit import composites as zc
@@ -89,7 +89,7 @@ def zennit_composite(entry: ZooModel, model, composite: str):
     raise ValueError(f"no Zennit composite for {composite!r}")
 
 
-def zennit_reference(name: str, model, composite: str, dtype=np.float64) -> np.ndarray:
+def zennit_reference(name: str, model: "torch.nn.Module", composite: str, dtype: type = np.float64) -> np.ndarray:
     """Zennit's relevance of the input with attr_output = output * one_hot(target) (as torch_utils.zennit_relevance
     does; a flat one-hot over (C, H, W) for a per-pixel map), computed in `dtype` on a copy of the model."""
     import torch
@@ -112,7 +112,7 @@ def zennit_reference(name: str, model, composite: str, dtype=np.float64) -> np.n
 
 
 def conservation_error(exp: Explanation) -> float:
-    """max over samples of |inputs + biases + stabilizer - total| / max(|total|, |inputs| + sum |bias_node| + |stab|)."""
+    """max over samples of |inputs + biases + stabilizer - total| / max(|total|, |inputs| + sum|bias_n| + |stab|)."""
     n = exp.total.shape[0]
     inputs_sum = sum(r.reshape(n, -1).sum(axis=1, dtype=np.float64) for r in exp.relevance.values())
     bias_terms = [v.reshape(n, -1).sum(axis=1, dtype=np.float64) for v in exp.bias.values()]
@@ -129,7 +129,7 @@ def _params(composite: str) -> Optional[dict]:
     return {"low": LOW, "high": HIGH} if composite == "epsilon_gamma_box" else None
 
 
-def explain_float64(name: str, path: Path, composite: str, model) -> Explanation:
+def explain_float64(name: str, path: Path, composite: str, model: "torch.nn.Module") -> Explanation:
     """The float64 export compiled and run in onnx.reference.ReferenceEvaluator."""
     from onnx.reference import ReferenceEvaluator
     entry = ZOO[name]
@@ -151,20 +151,20 @@ class ZooRuns:
         self.folder = Path(folder)
         self.models, self.paths, self.references, self.results = {}, {}, {}, {}
 
-    def model(self, name: str):
+    def model(self, name: str) -> "torch.nn.Module":
         """The seeded zoo model."""
         if name not in self.models:
             self.models[name] = build(name)
         return self.models[name]
 
-    def path(self, name: str, exporter: str, dtype=np.float32) -> Path:
+    def path(self, name: str, exporter: str, dtype: type = np.float32) -> Path:
         """The model exported with the given exporter, in float32 or float64."""
         key = (name, exporter, np.dtype(dtype).name)
         if key not in self.paths:
             self.paths[key] = export_model(name, exporter, self.folder, self.model(name), dtype)
         return self.paths[key]
 
-    def reference(self, name: str, composite: str, dtype=np.float64) -> np.ndarray:
+    def reference(self, name: str, composite: str, dtype: type = np.float64) -> np.ndarray:
         """Zennit's relevance in float64 or float32 (the same for both exporters)."""
         key = (name, composite, np.dtype(dtype).name)
         if key not in self.references:
