@@ -233,11 +233,14 @@ def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
 def _blame_inconsistent_models(fn):
     """Decorator: a crash while compiling a model that strict ONNX shape inference rejects (a Conv whose kernel_shape
     contradicts its weight, ...) becomes a ModelLoadError saying so; on a consistent model the crash, an onnxlrp bug,
-    propagates unchanged."""
+    propagates unchanged. NumPy's floating-point warnings are off while compiling."""
     @functools.wraps(fn)
     def wrapper(model, *args, **kwargs):
         try:
-            return fn(model, *args, **kwargs)
+            # NaN/Inf in a broken model's weights must end in one error line, not NumPy warnings on stderr first:
+            # non-finite constants are refused (plan_model) and overflowing relevance is reported (runtime)
+            with np.errstate(all="ignore"):
+                return fn(model, *args, **kwargs)
         except Exception as exc:
             crashed = not isinstance(exc, OnnxLrpError) or (
                 isinstance(exc, CompileError) and exc.__cause__ is not None

@@ -114,7 +114,7 @@ class Explainer:
         self.model = proto
         self.meta = meta
         options = session_options or ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # fatal only: a failing run raises (one error line), it need not log too
         try:
             with _quiet_stderr():
                 self.session = ort.InferenceSession(proto.SerializeToString(), options,

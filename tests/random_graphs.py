@@ -1,9 +1,10 @@
 """A hypothesis strategy for random valid ONNX graphs built from the ops onnxlrp supports (structure fuzzing).
 
-Layers are drawn one after the other on a (N, C, H, W) image or a (N, F) vector: Conv, Gemm, MatMul (+ Add of a
-constant), activations, BatchNormalization, Add/Mul of a constant, residual Adds of two activations, Sum and Concat
-branches (fan-out), pools, Flatten/Reshape; a Gemm to the classes ends the graph. Weights hold exact zeros on
-request. Ops that are not registered (yet) are left out, so the strategy follows the emitter table.
+Layers are drawn one after the other on a (N, C, H, W) image or a (N, F) vector: Conv, ConvTranspose, Gemm, MatMul
+(+ Add of a constant), activations, BatchNormalization, Add/Sub/Mul of a constant, residual Adds of two activations,
+Sum and Concat branches (fan-out), pools, Pad/Transpose/Slice, Flatten/Reshape; a Gemm to the classes ends the
+graph (sometimes behind a Softmax). Weights hold exact zeros on request. Ops that are not registered (yet) are left
+out, so the strategy follows the emitter table.
 """
 from __future__ import annotations
 
@@ -187,6 +188,39 @@ def _fan_out(net: Net, x: str, shape: tuple) -> tuple:
     return y, (2 * shape[0],) + tuple(shape[1:])
 
 
+def _reshaping(net: Net, x: str, shape: tuple) -> tuple:
+    """A shape op on an image, among those registered: Pad (constant), Transpose of H and W, a Slice crop, or a
+    ConvTranspose (random kernel, stride, pads)."""
+    c, h, w = shape
+    kinds = [k for k in ("Pad", "Transpose", "Slice", "ConvTranspose") if _supported(k)]
+    if not kinds:
+        return _activation(net, x), shape
+    op = net.pick(kinds)
+    if op == "Pad":
+        pads = [0, 0, net.integer(0, 1), net.integer(0, 1), 0, 0, net.integer(0, 1), net.integer(0, 1)]
+        y = net.node("Pad", [x, net.const(pads, dtype=np.int64)], mode="constant")
+        return y, (c, h + pads[2] + pads[6], w + pads[3] + pads[7])
+    if op == "Transpose":
+        return net.node("Transpose", [x], perm=[0, 1, 3, 2]), (c, w, h)
+    if op == "Slice":
+        if min(h, w) < 3:
+            return _activation(net, x), shape
+        starts, ends = [net.integer(0, 1), net.integer(0, 1)], [h - net.integer(0, 1), w - net.integer(0, 1)]
+        y = net.node("Slice", [x, net.const(starts, dtype=np.int64), net.const(ends, dtype=np.int64),
+                               net.const([2, 3], dtype=np.int64)])
+        return y, (c, ends[0] - starts[0], ends[1] - starts[1])
+    k, stride = net.integer(1, 3), net.integer(1, 2)
+    pads = [net.integer(0, k - 1) for _ in range(4)]
+    if min((h - 1) * stride + k - pads[0] - pads[2], (w - 1) * stride + k - pads[1] - pads[3]) < 1:
+        pads = [0, 0, 0, 0]  # the pads would crop a small input away
+    out = net.integer(1, 4)
+    inputs = [x, net.weight((c, out, k, k), c * k * k)] + (
+        [net.const(0.1 * net.rng.standard_normal(out))] if net.coin() else [])
+    y = net.node("ConvTranspose", inputs, kernel_shape=[k, k], strides=[stride, stride], pads=pads)
+    size = [(h - 1) * stride + k - pads[0] - pads[2], (w - 1) * stride + k - pads[1] - pads[3]]
+    return y, (out, size[0], size[1])
+
+
 def _flatten(net: Net, x: str, shape: tuple) -> tuple:
     """(N, C, H, W) -> (N, C*H*W) by Flatten or Reshape."""
     size = int(np.prod(shape))
@@ -197,7 +231,7 @@ def _flatten(net: Net, x: str, shape: tuple) -> tuple:
 
 def _image_layer(net: Net, x: str, shape: tuple) -> tuple:
     """One random layer on an image."""
-    kind = net.pick(["conv", "conv", "act", "pool", "bn", "affine", "fan_out"])
+    kind = net.pick(["conv", "conv", "act", "pool", "bn", "affine", "fan_out", "shape"])
     if kind == "conv":
         return _conv(net, x, shape)
     if kind == "act":
@@ -208,6 +242,8 @@ def _image_layer(net: Net, x: str, shape: tuple) -> tuple:
         return _batchnorm(net, x, shape[0]), shape
     if kind == "affine":
         return _affine(net, x, shape), shape
+    if kind == "shape":
+        return _reshaping(net, x, shape)
     return _fan_out(net, x, shape)
 
 
@@ -233,13 +269,13 @@ def random_model(seed: int, max_layers: int = 6) -> tuple:
     drawn uniformly (hypothesis' own draws lean towards the smallest values, which flattens most images at once)."""
     net = Net(np.random.default_rng(seed), 0.0)
     net.zero_fraction = net.pick([0.0, 0.0, 0.3, 1.0])
-    image = net.coin()
+    image = net.coin(0.6)
     shape = ((net.integer(1, 3), net.integer(3, 8), net.integer(3, 8)) if image
              else (net.integer(2, 12),))
     x, current = "x", shape
     for _ in range(net.integer(1, max_layers)):
         if len(current) == 3:
-            if net.coin(0.2):
+            if net.coin(0.15):
                 x, current = _flatten(net, x, current)
             else:
                 x, current = _image_layer(net, x, current)

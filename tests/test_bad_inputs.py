@@ -4,6 +4,7 @@ float64 and models with integer inputs are not errors."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,8 @@ def _bad_files(root: Path) -> dict:
         root / "checker.onnx", "the model fails the ONNX checker: Nodes in a graph must be topologically sorted")
     named = model_of([helper.make_node("Relu", ["x"], ["y"], name="relu_AB")], [vi("x", ["N", 4])], [vi("y", ["N", 4])])
     (root / "utf8.onnx").write_bytes(named.SerializeToString().replace(b"relu_AB", b"relu_\xff\xfe"))
-    files["a name that is not UTF-8"] = (root / "utf8.onnx", "holds a name that is not valid UTF-8 (b'relu_\\xff\\xfe')")
+    files["a name that is not UTF-8"] = (root / "utf8.onnx",
+                                         "holds a name that is not valid UTF-8 (b'relu_\\xff\\xfe')")
     short = model_of([helper.make_node("Gemm", ["x", "w"], ["y"])], [vi("x", ["N", 4])], [vi("y", ["N", 3])],
                      [const("w", weights(4, 3))])
     short.graph.initializer[0].dims[:] = [4, 5]  # 12 values stored, 20 declared
@@ -251,7 +253,8 @@ def _loop_model() -> onnx.ModelProto:
     """A Loop that applies Relu to h three times (h is loop-carried)."""
     body = helper.make_graph([helper.make_node("Identity", ["cond_in"], ["cond_out"]),
                               helper.make_node("Relu", ["v_in"], ["v_out"])], "body",
-                             [vi("i", [], TensorProto.INT64), vi("cond_in", [], TensorProto.BOOL), vi("v_in", ["N", 5])],
+                             [vi("i", [], TensorProto.INT64), vi("cond_in", [], TensorProto.BOOL),
+                              vi("v_in", ["N", 5])],
                              [vi("cond_out", [], TensorProto.BOOL), vi("v_out", ["N", 5])])
     middle = [helper.make_node("Loop", ["trips", "", "h"], ["m"], name="loop", body=body)]
     return _dense_around(middle, extra_inits=[const("trips", 3, np.int64)])
@@ -318,6 +321,30 @@ def test_weights_holding_nan_are_refused():
     model.graph.initializer[1].CopyFrom(const("w2", w2))
     with pytest.raises(UnsupportedModelError, match=r"Gemm x1 \(fc2\): its constant input 'w2' holds NaN or Inf"):
         compile_model(model)
+
+
+def test_a_gemm_bias_that_fits_no_output_is_named(tmp_path):
+    """A bias of 7 values on a 2-output Gemm passes the checker and fails only when onnxruntime runs it."""
+    model = model_of([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc")], [vi("x", ["N", 3])],
+                     [vi("y", ["N", 2])], [const("w", weights(3, 2)), const("b", np.ones(7))])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    assert one_line_cli_error("compile", tmp_path / "m.onnx", "-o", tmp_path / "out.onnx") == (
+        "error: cannot explain this model, 1 unsupported node(s): Gemm x1 (fc): its bias C has shape [7] for 2 "
+        "outputs (a broken model)")
+
+
+def test_a_negative_variance_is_refused_without_numpy_warnings():
+    """Folding BatchNormalization takes sqrt(var + eps): a broken variance must give the one error, no warnings."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "s", "o", "mu", "var"], ["n"], name="bn"),
+             helper.make_node("Flatten", ["n"], ["f"]), helper.make_node("Gemm", ["f", "w2"], ["y"], name="fc")]
+    inits = [const("w", weights(2, 1, 3, 3)), const("s", np.ones(2)), const("o", np.zeros(2)), const("mu", np.zeros(2)),
+             const("var", [1.0, -1.0]), const("w2", weights(32, 2))]
+    model = model_of(nodes, [vi("x", ["N", 1, 6, 6])], [vi("y", ["N", 2])], inits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UnsupportedModelError, match=r"Conv x1 \(conv\): its constant input 'w_lrpfold' holds NaN"):
+            compile_model(model)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,8 +22,8 @@ from random_graphs import random_models
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 COMPOSITES = [name for name in builtin_names() if name != "base"]  # base alone gives linear layers no rule
-STRUCTURE_EXAMPLES = 150
-BYTE_CASES = 3000
+STRUCTURE_EXAMPLES = 300
+BYTE_CASES = 2600
 TRUNCATIONS = 400
 CASE_SECONDS = 20
 
@@ -63,6 +62,8 @@ def test_random_graphs_compile_check_run_and_conserve(case, composite, seed, exp
     x = batch_for(shape, seed)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # unoptimised: onnxruntime fuses Pad into a following pool and then refuses pads >= kernel (its own bug)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     reference = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     out_name = model.graph.output[0].name
     forward = reference.run([out_name], {"x": x})[0]

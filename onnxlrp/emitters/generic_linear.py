@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+from onnx import helper
 
 from ..builder import GraphBuilder
 from ..errors import CompileError
@@ -144,12 +145,18 @@ class Part:
 
 @dataclass
 class GroupPlan:
-    """One group after input resolution: its parts, total bias, and whether its denominator is provably >= 0."""
+    """One group after input resolution: its parts, total bias, and what is known of its denominator's sign."""
 
     group: object
     parts: list
     bias_total: Optional[np.ndarray]
-    nonnegative: bool = False
+    nonnegative: bool = False          # z_g >= 0 everywhere: stab(z_g) = z_g + eps
+    region_sign: Optional[float] = None  # masked group: z_g has the mask's sign wherever the mask holds
+
+    @property
+    def eps_sign(self) -> Optional[float]:
+        """The sign eps is added with wherever relevance flows, None where it must be computed per unit."""
+        return 1.0 if self.nonnegative else self.region_sign
 
 
 def _resolve(term, rule: Rule, x_nonneg: bool) -> Optional[tuple]:
@@ -194,6 +201,8 @@ def plan_groups(rule: Rule, op, x_nonneg: bool) -> list:
         for part in kept:
             part.reuse = _reuse_is_exact(plan, part, op, x_nonneg)
         plan.nonnegative = group.eps > 0 and _provably_nonnegative(plan, signs, op, x_nonneg)
+        if group.mask is not None and group.eps > 0 and kept and all(part.reuse for part in kept):
+            plan.region_sign = 1.0 if group.mask == "pos" else -1.0  # see _reuse_is_exact: no cancellation
         plans.append(plan)
     return plans
 
@@ -211,7 +220,8 @@ def _reuse_is_exact(plan: GroupPlan, part: Part, op, x_nonneg: bool) -> bool:
     a, c = ac
     bias = np.zeros(1) if op.bias is None else op.bias
     total = np.zeros(1) if plan.bias_total is None else plan.bias_total
-    adj = total - a * bias
+    with np.errstate(all="ignore"):  # inf/NaN weights of a broken model: no reuse, and no warning
+        adj = total - a * bias
     if plan.group.mask is None:
         return (a, c) == (1.0, 0.0) and not np.any(adj) and len(plan.parts) == 1
     sign = 1.0 if plan.group.mask == "pos" else -1.0
@@ -296,8 +306,8 @@ def _weighted_sum(b: GraphBuilder, pieces: list, const: Optional[str], hint: str
 def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: dict) -> str:
     """The group's denominator z_g (plus eps when it is provably >= 0), reusing z and sharing W+ x."""
     bias = np.zeros(1) if plan.bias_total is None else pad_rank(plan.bias_total, op.z_rank)
-    if plan.nonnegative:
-        bias = bias + plan.group.eps
+    if plan.eps_sign is not None:
+        bias = bias + plan.eps_sign * plan.group.eps
     pieces, direct = [], []
     for part in plan.parts:
         ac = part.combined()
@@ -306,11 +316,15 @@ def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: 
             if a != 0:
                 pieces.append((op.z, a))
                 if op.bias is not None:
-                    bias = bias - a * pad_rank(op.bias, op.z_rank)
+                    with np.errstate(all="ignore"):
+                        bias = bias - a * pad_rank(op.bias, op.z_rank)
             if c != 0:
-                if "P" not in shared:
-                    shared["P"] = op.forward(b, op.x, "W+")
-                pieces.append((shared["P"], c))
+                if "P" not in shared:  # Q = c1 W+ x + beta, beta = the first group's constant (then it has none)
+                    shared["P"] = (op.forward_bias(b, op.x, lin_key(0.0, c), bias if np.any(bias) else None), c, bias)
+                q, c1, beta = shared["P"]
+                pieces.append((q, c / c1))
+                with np.errstate(all="ignore"):
+                    bias = bias - (c / c1) * beta
         elif part.input in DATA_INPUTS:
             direct += [(inputs.data(part.input), key) for key in part.weight_keys()]
         else:
@@ -354,14 +368,14 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
     for plan in plans:
         group = plan.group
         z_g = _denominator(b, plan, op, inputs, shared)
-        R_g = R
-        if group.mask is not None:
-            if group.mask not in masks:
-                masks[group.mask] = b.op("Greater" if group.mask == "pos" else "Less", [op.z, b.const(0.0)], "mask")
-            R_g = b.op("Where", [masks[group.mask], R, b.const(0.0)], "R_masked")
-        if plan.nonnegative:
-            s, share = b.op("Div", [R_g, z_g], "s"), None
+        if group.mask is not None and group.mask not in masks:
+            masks[group.mask] = b.op("Greater" if group.mask == "pos" else "Less", [op.z, b.const(0.0)], "mask")
+        if plan.region_sign is not None:  # stab(z_g) = z_g + sign * eps where the mask holds; 0 elsewhere
+            s, share = b.op("Where", [masks[group.mask], b.op("Div", [R, z_g], "s_all"), b.const(0.0)], "s"), None
+        elif plan.nonnegative:
+            s, share = b.op("Div", [R, z_g], "s"), None
         else:
+            R_g = R if group.mask is None else b.op("Where", [masks[group.mask], R, b.const(0.0)], "R_masked")
             s, share = b.normalize(R_g, z_g, group.eps)
         for part in plan.parts:
             for key in part.weight_keys(group.coeff):
@@ -372,15 +386,16 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
             reduced = b.reduce("ReduceSum", s, axes, keepdims=True, hint="s_red") if axes else s
             factor = pad_rank(group.coeff * plan.bias_total, op.z_rank)
             bias_parts.append(b.op("Mul", [reduced, b.const(factor)], "r_bias"))
-        if share is None:  # stab = z_g + eps: the share is eps * sum(s)
+        if share is None:  # stab = z_g + sign * eps wherever s != 0: the share is sign * eps * sum(s)
             total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum")
-            stab_parts.append(b.op("Mul", [total, b.const(group.coeff * group.eps)], "stab"))
+            stab_parts.append(b.op("Mul", [total, b.const(group.coeff * plan.eps_sign * group.eps)], "stab"))
         else:
             total = b.per_sample_sum(share, "stab_sum")
             stab_parts.append(total if group.coeff == 1.0 else b.op("Mul", [total, b.const(group.coeff)], "stab"))
     if any(p.group.mask is not None for p in plans):  # relevance at units with z == 0 flows nowhere: report it
-        is_zero = b.op("Equal", [op.z, b.const(0.0)], "z_is_zero")
-        stab_parts.append(b.per_sample_sum(b.op("Where", [is_zero, R, b.const(0.0)], "R_dropped"), "dropped"))
+        is_zero = b.op("Cast", [b.op("Equal", [op.z, b.const(0.0)], "z_is_zero")], "z_zero",
+                       to=helper.np_dtype_to_tensor_dtype(b.dtype))
+        stab_parts.append(b.per_sample_sum(b.op("Mul", [R, is_zero], "R_dropped"), "dropped"))
 
     x_parts = []
     for kind, entries in backs.items():

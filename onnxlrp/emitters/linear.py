@@ -298,6 +298,9 @@ def _check_gemm(view: NodeView) -> Optional[str]:
     if c and view.const(c) is None:
         return "its bias C is not a constant"
     if view.is_relevant(a) and view.const(bname) is not None:
+        units = view.const(bname).shape[0 if view.attr("transB", 0) else -1]
+        if c and view.const(c).ndim and view.const(c).shape[-1] not in (1, units):  # the checker lets it through
+            return f"its bias C has shape {list(view.const(c).shape)} for {units} outputs (a broken model)"
         return "transA=1 on the data operand is not supported" if view.attr("transA", 0) else None
     if view.is_relevant(bname) and view.const(a) is not None:
         return "transB=1 on the data operand is not supported" if view.attr("transB", 0) else None
