@@ -1,47 +1,15 @@
 """Timing and memory helpers: interleaved medians, onnxruntime sessions, peak resident memory of a process."""
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Callable, Optional
+from typing import Callable
 
-
-def session_options(threads: int):
-    """onnxruntime session options used for every session: all graph optimisations, `threads` intra-op threads."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return options
+from onnxlrp.bench import interleaved, session_options  # noqa: F401  (re-exported for compare.py)
 
 
 def session(model, threads: int, provider: str = "CPUExecutionProvider"):
-    """An onnxruntime session for a model path or serialized model."""
+    """An onnxruntime session for a model path or serialized model (all optimisations, `threads` threads)."""
     import onnxruntime as ort
     return ort.InferenceSession(model, session_options(threads), providers=[provider])
-
-
-def interleaved(calls: dict, warmup: int, repeats: int, budget_s: Optional[float] = None) -> dict:
-    """Median seconds per call of each callable, timed in rounds (one call of each per round, after warm-up), so that
-    a slow machine slows all of them alike; stops early (after at least 3 rounds) once budget_s is spent."""
-    for _ in range(warmup):
-        for fn in calls.values():
-            fn()
-    times: dict = {name: [] for name in calls}
-    start = time.perf_counter()
-    for r in range(repeats):
-        order = list(calls.items())
-        order = order[r % len(order):] + order[:r % len(order)]  # rotate: no call always follows the same one
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-        if budget_s is not None and r >= 2 and time.perf_counter() - start > budget_s:
-            break
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _status_kb(field: str) -> int:

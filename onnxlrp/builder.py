@@ -32,6 +32,7 @@ class GraphBuilder:
         # does not grow by a weight the model already holds); graph inputs are not reused, a caller may override them
         overridable = {v.name for v in model.graph.input}
         self._model_tensors: dict[tuple, list] = {}
+        self._model_digests: dict[tuple, dict] = {}
         for t in model.graph.initializer:
             if t.name not in overridable:
                 self._model_tensors.setdefault((t.data_type, tuple(t.dims)), []).append(t)
@@ -98,15 +99,16 @@ class GraphBuilder:
             elem = helper.np_dtype_to_tensor_dtype(array.dtype)
         except (KeyError, ValueError, TypeError):
             return None
+        key = (elem, array.shape)
+        if key not in self._model_digests:  # each model tensor of this type and shape is read and hashed once
+            digests = self._model_digests[key] = {}
+            for tensor in self._model_tensors.get(key, []):
+                if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                    data = numpy_helper.to_array(tensor).astype(array.dtype.newbyteorder("<"), copy=False)
+                    digests.setdefault(hashlib.sha1(np.ascontiguousarray(data).tobytes()).digest(), tensor)
         data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-        for tensor in self._model_tensors.get((elem, array.shape), []):
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                continue
-            same = tensor.raw_data == data if tensor.HasField("raw_data") else np.array_equal(
-                numpy_helper.to_array(tensor), array)
-            if same:
-                return tensor.name
-        return None
+        tensor = self._model_digests[key].get(hashlib.sha1(data).digest())
+        return tensor.name if tensor is not None and np.array_equal(numpy_helper.to_array(tensor), array) else None
 
     def ints(self, values: Iterable[int], hint: str = "ints") -> str:
         """An int64 1-D initializer (shapes, axes, indices)."""
@@ -135,8 +137,10 @@ class GraphBuilder:
         return self.op("Squeeze", [x], hint, axes=list(axes))
 
     # ---- small compositions every emitter needs -------------------------------------------------------------
-    def per_sample_sum(self, x: str, hint: str = "sum") -> str:
-        """(N, ...) -> (N,): the sum over every axis but the first (works for any rank >= 1)."""
+    def per_sample_sum(self, x: str, hint: str = "sum", rank: int | None = None) -> str:
+        """(N, ...) -> (N,): the sum over every axis but the first (any rank >= 1; one ReduceSum when rank is known)."""
+        if rank is not None and rank >= 2:
+            return self.reduce("ReduceSum", x, list(range(1, rank)), keepdims=False, hint=hint)
         flat = self.op("Reshape", [x, self.ints([0, -1], "shape")], f"{hint}_flat")
         return self.reduce("ReduceSum", flat, [1], keepdims=False, hint=hint)
 

@@ -17,6 +17,7 @@ from .composites import Composite, load_composite
 from .emitters import NodeView, accepted_rules, lookup
 from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, UnsupportedModelError
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
+from .shapes import annotate_shapes
 
 METADATA_KEY = "onnxlrp"
 # graph outputs that carry forward values or the seed, not relevance: _unscale_outputs leaves them alone
@@ -364,6 +365,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     graph.input.append(target_vi)
     graph.output.extend(outputs)
     model.ir_version = source.ir_version
+    annotate_shapes(model)
     del model.metadata_props[:]
     model.metadata_props.extend(source.metadata_props)
     entry = model.metadata_props.add()
@@ -434,6 +436,7 @@ def _unscale_outputs(b: GraphBuilder, outputs: list, scale: Optional[str]) -> No
         return
     wanted = {vi.name: vi.type.tensor_type.elem_type for vi in outputs
               if vi.name not in UNSCALED_OUTPUTS and vi.type.tensor_type.elem_type in FLOAT_TYPES}
+    ranks = {vi.name: _known_rank(vi) for vi in outputs}
     working = helper.np_dtype_to_tensor_dtype(b.dtype)
     b.scope = "lrp/_/unscale"
     factors: dict = {working: b.unsqueeze(scale, [1], "scale_col")}
@@ -445,11 +448,33 @@ def _unscale_outputs(b: GraphBuilder, outputs: list, scale: Optional[str]) -> No
         node.output[0] = inner
         if elem not in factors:
             factors[elem] = b.op("Cast", [factors[working]], "scale_cast", to=elem)
+        rank = ranks.get(out)
+        if rank is not None:  # one broadcasting product, (N,) -> (N, 1, ..., 1) as the output's rank needs
+            if (elem, rank) not in factors:
+                factors[(elem, rank)] = (b.squeeze(factors[elem], [1], "scale_n") if rank == 1 else factors[elem]
+                                         if rank == 2 else b.unsqueeze(factors[elem], list(range(2, rank)), "scale_nd"))
+            b.nodes.append(helper.make_node("Mul", [inner, factors[(elem, rank)]], [out], name=b.fresh("Mul_node")))
+            continue
         flat = b.op("Reshape", [inner, b.ints([0, -1])], "R_flat")
         product = b.op("Mul", [flat, factors[elem]], "R_scaled")
         b.nodes.append(helper.make_node("Reshape", [product, b.op("Shape", [inner], "R_shape")], [out],
                                         name=b.fresh("Reshape_node")))
     b.scope = "lrp/_"
+
+
+PER_SAMPLE_OUTPUTS = ("lrp/stabilizer", "lrp/sum/", "lrp/stab/", "lrp/edge/")
+
+
+def _known_rank(vi) -> Optional[int]:
+    """The rank of a relevance output when it is certain: (N,) per-sample values, (N, units) bias rows, or a
+    declared shape of rank >= 2 (which only a known shape produces); None otherwise."""
+    name = vi.name
+    if name.startswith("lrp/bias/"):
+        return 2
+    if name == "lrp/stabilizer" or name.startswith(PER_SAMPLE_OUTPUTS[1:]):
+        return 1
+    dims = vi.type.tensor_type.shape.dim
+    return len(dims) if len(dims) >= 2 else None
 
 
 def _dims(shape) -> list:

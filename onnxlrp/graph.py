@@ -185,9 +185,11 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run ONNX shape inference (data propagation on); fall back to the model unchanged if it fails."""
+    """Run ONNX shape inference (data propagation on); fall back to the model unchanged if it fails.
+    The result carries the inferred value infos; large weights are left out of it (see shapes.weightless)."""
+    from .shapes import weightless
     try:
-        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(weightless(model), check_type=False, strict_mode=False, data_prop=True)
     except Exception:
         return model
 

@@ -14,6 +14,7 @@ import onnx
 from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
 from .errors import InputError, ModelLoadError, OnnxLrpError
 from .graph import ModelLike, inconsistency, load_model
+from .session_tuning import release_freed_memory, tune_options
 
 _PROBE_LOCK = threading.Lock()
 _CUDA_WORKS: Optional[bool] = None
@@ -115,15 +116,34 @@ class Explainer:
         self.meta = meta
         options = session_options or ort.SessionOptions()
         options.log_severity_level = 4  # fatal only: a failing run raises (one error line), it need not log too
+        tune_options(options, proto)
+        # a compiled model given as a file: onnxruntime reads the file itself, and the proto is reloaded on demand
+        from_file = proto is source and not isinstance(model, onnx.ModelProto)
         try:
             with _quiet_stderr():
-                self.session = ort.InferenceSession(proto.SerializeToString(), options,
-                                                    providers=choose_providers(providers))
+                self.session = ort.InferenceSession(os.fspath(model) if from_file else proto.SerializeToString(),
+                                                    options, providers=choose_providers(providers))
         except Exception as exc:
             raise _session_error(source, exc) from None
+        self._static_classes = _static_classes(proto, meta["explained"])
+        if from_file:
+            self._model, self._model_path = None, os.fspath(model)
+        del proto, source
+        release_freed_memory()
         self.provider = self.session.get_providers()[0]
         self.inputs = [i for i in self.session.get_inputs() if i.name != TARGET_INPUT]
         self._output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The compiled model (reloaded from its file on first use when the Explainer was given a compiled file)."""
+        if self._model is None:
+            self._model = load_model(self._model_path)
+        return self._model
+
+    @model.setter
+    def model(self, value: onnx.ModelProto) -> None:
+        self._model = value
 
     @property
     def composite(self) -> str:
@@ -232,8 +252,7 @@ class Explainer:
         for out in self.session.get_outputs():
             if out.name == self.meta["logits"] and out.shape and all(isinstance(d, int) for d in out.shape[1:]):
                 return int(np.prod(out.shape[1:]))
-        info = _static_classes(self.model, self.meta["explained"])
-        return info
+        return self._static_classes
 
 
 def _static_classes(model: onnx.ModelProto, name: str) -> Optional[int]:

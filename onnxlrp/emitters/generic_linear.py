@@ -304,14 +304,14 @@ def _weighted_sum(b: GraphBuilder, pieces: list, const: Optional[str], hint: str
 
 
 def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: dict) -> str:
-    """The group's denominator z_g (plus eps when it is provably >= 0), reusing z and sharing W+ x."""
+    """The group's denominator z_g (plus eps where its sign is known), reusing z and sharing W+ x."""
     bias = np.zeros(1) if plan.bias_total is None else pad_rank(plan.bias_total, op.z_rank)
     if plan.eps_sign is not None:
         bias = bias + plan.eps_sign * plan.group.eps
     pieces, direct = [], []
     for part in plan.parts:
         ac = part.combined()
-        if part.reuse or (part.input == "x" and ac is not None and ac[0] == 0 and shared["use_P"]):
+        if part.reuse:
             a, c = ac
             if a != 0:
                 pieces.append((op.z, a))
@@ -319,12 +319,8 @@ def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: 
                     with np.errstate(all="ignore"):
                         bias = bias - a * pad_rank(op.bias, op.z_rank)
             if c != 0:
-                if "P" not in shared:  # Q = c1 W+ x + beta, beta = the first group's constant (then it has none)
-                    shared["P"] = (op.forward_bias(b, op.x, lin_key(0.0, c), bias if np.any(bias) else None), c, bias)
-                q, c1, beta = shared["P"]
-                pieces.append((q, c / c1))
-                with np.errstate(all="ignore"):
-                    bias = bias - (c / c1) * beta
+                piece, bias = _shared_positive(b, plan, op, shared, c, bias)
+                pieces.append(piece)
         elif part.input in DATA_INPUTS:
             direct += [(inputs.data(part.input), key) for key in part.weight_keys()]
         else:
@@ -340,9 +336,19 @@ def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: 
     return _weighted_sum(b, pieces, b.const(const, hint="b") if const is not None else None, "z_mod")
 
 
-def _needs_shared_positive(plans: list) -> bool:
-    """True when W+ x is needed next to z (a group mixing W and W+ on x): then every W+-only part reuses it too."""
-    return any(part.reuse and part.combined()[1] != 0 for plan in plans for part in plan.parts)
+def _shared_positive(b: GraphBuilder, plan: GroupPlan, op, shared: dict, c: float, bias: np.ndarray) -> tuple:
+    """(piece, remaining constant) for c * W+ x + bias. The first group gets Q = Conv(x, c W+, bias) (its constant
+    goes into the op's bias); later groups reuse Q as (c / c1) * Q when what is left of their constant keeps their
+    sign (gamma: it is exactly 0, both denominators come from one convolution), else get their own."""
+    if "P" in shared:
+        q, c1, beta = shared["P"]
+        with np.errstate(all="ignore"):
+            rest = bias - (c / c1) * beta
+        if plan.region_sign is None or bool(np.all(plan.region_sign * rest >= 0)):
+            return (q, c / c1), rest
+    q = op.forward_bias(b, op.x, lin_key(0.0, c), bias if np.any(bias) else None)
+    shared.setdefault("P", (q, c, bias))
+    return (q, 1.0), np.zeros(1)
 
 
 def _bias_axes(op) -> list:
@@ -361,7 +367,7 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
     x_nonneg = op.x in view.nonnegative
     plans = plan_groups(rule, op, x_nonneg)
     inputs = _Inputs(b, view, op)
-    shared = {"use_P": _needs_shared_positive(plans)}
+    shared: dict = {}  # the one W+ x convolution the reused denominators share
     masks: dict = {}
     backs: dict = {}  # input -> [(part, transposed value)]
     bias_parts, stab_parts = [], []
@@ -387,15 +393,15 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
             factor = pad_rank(group.coeff * plan.bias_total, op.z_rank)
             bias_parts.append(b.op("Mul", [reduced, b.const(factor)], "r_bias"))
         if share is None:  # stab = z_g + sign * eps wherever s != 0: the share is sign * eps * sum(s)
-            total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum")
+            total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum", op.z_rank)
             stab_parts.append(b.op("Mul", [total, b.const(group.coeff * plan.eps_sign * group.eps)], "stab"))
         else:
-            total = b.per_sample_sum(share, "stab_sum")
+            total = b.per_sample_sum(share, "stab_sum", op.z_rank)
             stab_parts.append(total if group.coeff == 1.0 else b.op("Mul", [total, b.const(group.coeff)], "stab"))
     if any(p.group.mask is not None for p in plans):  # relevance at units with z == 0 flows nowhere: report it
         is_zero = b.op("Cast", [b.op("Equal", [op.z, b.const(0.0)], "z_is_zero")], "z_zero",
                        to=helper.np_dtype_to_tensor_dtype(b.dtype))
-        stab_parts.append(b.per_sample_sum(b.op("Mul", [R, is_zero], "R_dropped"), "dropped"))
+        stab_parts.append(b.per_sample_sum(b.op("Mul", [R, is_zero], "R_dropped"), "dropped", op.z_rank))
 
     x_parts = []
     for kind, entries in backs.items():
@@ -409,6 +415,8 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
     R_x = b.add_all(x_parts, "R_x") if x_parts else b.zeros_like(op.x, "R_x0")
     R_b = None
     if bias_parts:
-        R_b = b.op("Reshape", [b.add_all(bias_parts, "R_b_full"), b.ints([0, -1])], "R_b")
+        R_b = b.add_all(bias_parts, "R_b_full")
+        if op.z_rank != 2:  # (N, units, 1, ...) -> (N, units)
+            R_b = b.op("Reshape", [R_b, b.ints([0, -1])], "R_b")
     stab = b.add_all(stab_parts, "stab_all") if stab_parts else None
     return R_x, R_b, stab

@@ -1,8 +1,11 @@
-"""The one generic linear emitter, driven by the rule's groups, and the linear ops that plug into it.
+"""The linear ops that plug into the one generic linear emitter (generic_linear.emit_linear, driven by the rule's
+groups), and their registrations.
 
 Each linear op contributes two small pieces: forward(x, W') = "apply the op with these weights, no bias" and
-transpose(s, W') = "apply the transposed op" (shaped like x). Modified weights are computed in NumPy at compile
-time and stored as initializers; input modifications (x+, x-, ones, bounds) become graph nodes.
+transpose(s, W') = "apply the transposed op" (shaped like x). W itself is the model's own initializer; a large
+modified weight (W+, W-, gamma's) is derived from it by constant-only graph ops that onnxruntime folds when the
+session starts (the file does not grow), a small one is computed in NumPy and stored. Input modifications
+(x+, x-, ones, bounds) become graph nodes.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 
 from ..builder import GraphBuilder
 from ..errors import CompileError
-from ..rules import LINEAR_RULES, Pass, Rule, ZBox, modify_weight
+from ..rules import LINEAR_RULES, Pass, Rule
 from . import Emitted, NodeView, register
 from .generic_linear import basis, emit_linear, weight_value
 

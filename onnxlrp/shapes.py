@@ -1,0 +1,51 @@
+"""Shape annotations for the compiled graph, so that onnxruntime's optimiser sees a graph it can lay out well."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+# float initializers at least this large are passed to shape inference without their data (only dims matter)
+STUB_MIN_ELEMENTS = 1024
+FLOAT_STUBS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model's main graph with large float initializers reduced to their type and dims: all that shape
+    inference needs from them (shape tensors are int64 and kept), without copying or serializing the weights."""
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    for tensor in model.graph.initializer:
+        if tensor.data_type in FLOAT_STUBS and int(np.prod(tensor.dims)) >= STUB_MIN_ELEMENTS:
+            stub = graph.initializer.add()
+            stub.name, stub.data_type = tensor.name, tensor.data_type
+            stub.dims.extend(tensor.dims)
+        else:
+            graph.initializer.append(tensor)
+    return light
+
+
+def annotate_shapes(model: onnx.ModelProto) -> None:
+    """Add the inferred shape (symbolic batch included) of every value that has none, in place.
+
+    Relevance values are computed from reshapes whose target shape is a runtime value (Shape of a forward tensor),
+    which onnxruntime's own inference cannot see through. Without shapes it cannot prove that two tensors of the
+    backward pass match, so it leaves its blocked (NCHWc) convolution layout for every product and sum between them
+    and cannot fuse the sum of two transposed convolutions into one. ONNX inference with data propagation can; it
+    runs on weightless(model) (fast, no large copy). Any failure leaves the model as is."""
+    try:
+        inferred = shape_inference.infer_shapes(weightless(model), check_type=False, strict_mode=False,
+                                                data_prop=True)
+    except Exception:
+        return
+    known = {v.name for v in model.graph.value_info} | {v.name for v in model.graph.input}
+    known |= {v.name for v in model.graph.output} | {t.name for t in model.graph.initializer}
+    model.graph.value_info.extend(v for v in inferred.graph.value_info
+                                  if v.name not in known and v.type.tensor_type.HasField("shape"))
