@@ -6,7 +6,7 @@
 
 Builds the models in PyTorch with random weights from a fixed seed (benchmarks/models.py), exports them with the
 legacy exporter (BatchNorm in eval mode, folded), compiles them per composite, and times, interleaved in rounds
-after warm-up (medians): the onnxruntime forward of the original model, the onnxlrp explanation (the compiled
+after warm-up (medians; the torch calls in a block of their own): the onnxruntime forward of the original model, the onnxlrp explanation (the compiled
 graph's session.run, and Explainer.explain() with its Python-side checks), the torch forward, and Zennit with the
 same composite and canonizers. Peak memory is measured in a fresh process per configuration (resident set while
 explaining); compile time for a ResNet-50-sized graph at 1x, 2x and 4x depth.
@@ -146,8 +146,8 @@ def time_batch(name: str, info: dict, batch: int, args) -> dict:
         with torch.no_grad():
             return model(xt)
 
-    calls["torch"] = torch_forward
-    explainers, results, contexts = {}, {}, []
+    torch_calls = {"torch": torch_forward}  # timed in a block of their own: torch's OpenMP threads keep spinning
+    explainers, results, contexts = {}, {}, []  # after each call and would slow the onnxruntime call after it
     for composite in args.composites:
         exp = onnxlrp.Explainer(str(info["compiled"][composite]), session_options=session_options(args.threads),
                                 providers=["CPUExecutionProvider"])
@@ -163,12 +163,15 @@ def time_batch(name: str, info: dict, batch: int, args) -> dict:
             context = Gradient(model=twin, composite=zennit_setup.composite(name, composite, LOW, HIGH))
             attributor = context.__enter__()
             contexts.append(context)
-            calls[f"zennit:{composite}"] = lambda a=attributor: a(xt, zennit_setup.attr_output)
+            torch_calls[f"zennit:{composite}"] = lambda a=attributor: a(xt, zennit_setup.attr_output)
     try:
         medians, rounds = interleaved(calls, args.warmup, args.repeats, args.budget, min_s=args.min_seconds)
+        torch_medians, _ = interleaved(torch_calls, args.warmup, min(args.repeats, rounds), args.budget,
+                                       min_s=args.min_seconds)
+        medians.update(torch_medians)
         for composite in args.composites:
             if not args.no_zennit:
-                _, ref = calls[f"zennit:{composite}"]()
+                _, ref = torch_calls[f"zennit:{composite}"]()
                 mine = explainers[composite].explain(x).relevance["input"]
                 ref = ref.detach().numpy()
                 results[composite] = (_relative(mine, ref), None)
@@ -351,6 +354,9 @@ def main(argv=None) -> int:
         return 0
     import onnxruntime
     import torch
+
+    from onnxlrp.bench import shared_thread_pool
+    shared_thread_pool(args.threads)  # before the first session: all sessions share one pool (see its docstring)
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="onnxlrp-bench-"))

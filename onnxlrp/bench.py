@@ -19,24 +19,54 @@ _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tens
                 "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 
 
+_SHARED_POOL: dict = {}  # {"threads": n} once shared_thread_pool() has set the process-wide pool up
+
+
+def shared_thread_pool(threads: int = 0) -> bool:
+    """Run every later session of this process on one onnxruntime thread pool of `threads` threads (0: one per
+    CPU); call before the first session. True when it is in effect. Process-wide and for good: every later session
+    must then be built with session_options() (onnxruntime refuses one with a pool of its own), so only a
+    benchmark's own process (benchmarks/compare.py) calls it.
+
+    Sessions timed side by side with a pool each slow each other down: on 2 cores a ResNet-18 forward took 36 ms
+    next to an explanation session and 18 ms alone, which would flatter every ratio. One shared pool measures each
+    session as it runs alone."""
+    import os
+
+    from onnxruntime.capi import _pybind_state
+    if not _SHARED_POOL:
+        try:
+            _pybind_state.set_global_thread_pool_sizes(threads or os.cpu_count() or 1, 1)
+        except Exception:  # an onnxruntime build without global pools: sessions keep a pool each
+            return False
+        _SHARED_POOL["threads"] = threads or os.cpu_count() or 1
+    return True
+
+
 def session_options(threads: int = 0):
-    """onnxruntime session options: all graph optimisations; `threads` intra-op threads (0: onnxruntime's choice)."""
+    """onnxruntime session options: all graph optimisations; `threads` intra-op threads (0: onnxruntime's choice),
+    or the process's shared pool when shared_thread_pool() set one up."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    if threads:
+    if _SHARED_POOL:
+        options.use_per_session_threads = False
+    elif threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
 
 
 def interleaved(calls: Mapping[str, Callable[[], object]], warmup: int, repeats: int,
-                budget_s: Optional[float] = None, min_s: float = 0.0) -> tuple:
+                budget_s: Optional[float] = None, min_s: float = 0.0, settle: bool = False) -> tuple:
     """(median seconds per call of each callable, rounds timed): `repeats` rounds after `warmup` untimed ones,
     stopping early (after at least 3) once budget_s seconds of timed rounds are spent, and going on (up to 20x
-    repeats) until min_s seconds are spent, so that fast calls get many rounds. The order rotates per round."""
+    repeats) until min_s seconds are spent, so that fast calls get many rounds. The order rotates per round.
+    settle: each timed call comes right after an untimed call of the same callable. Sessions with a thread pool
+    each slow down the first run after another session's run (a ResNet-18 forward: 36 ms instead of 18 on 2
+    cores), which would flatter the ratio; shared_thread_pool() is the cheaper cure where a process may use it."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
@@ -48,6 +78,8 @@ def interleaved(calls: Mapping[str, Callable[[], object]], warmup: int, repeats:
         order = list(calls.items())
         order = order[r % len(order):] + order[:r % len(order)]
         for name, fn in order:
+            if settle:
+                fn()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -158,7 +190,7 @@ def run_bench(model, composite: str = "epsilon_plus", *, params: Optional[dict] 
     raw = dict(feeds, **{TARGET_INPUT: np.full(n, -1, dtype=np.int64)})
     calls = {"forward": lambda: forward.run(None, feeds), "explanation": lambda: explainer.session.run(None, raw),
              "explain": lambda: explainer.explain(feeds)}
-    medians, rounds = interleaved(calls, warmup, repeats, budget_s)
+    medians, rounds = interleaved(calls, warmup, repeats, budget_s, settle=True)  # no process-wide pool: a library call
     return BenchResult(composite=explainer.composite, provider=explainer.provider, batch=n, compile_s=compile_s,
                        nodes=len(source.graph.node), compiled_nodes=len(compiled.graph.node),
                        forward_s=medians["forward"], explanation_s=medians["explanation"],

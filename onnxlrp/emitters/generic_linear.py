@@ -26,6 +26,8 @@ from ..errors import CompileError
 from ..rules import LINEAR_RULES, Rule, modify_weight
 
 DATA_INPUTS = ("x", "pos", "neg")
+# a shared denominator constant left over below this fraction of the constants it came from is float64 rounding
+REST_ROUNDING = 1e-12
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,6 +346,11 @@ def _shared_positive(b: GraphBuilder, plan: GroupPlan, op, shared: dict, c: floa
         q, c1, beta = shared["P"]
         with np.errstate(all="ignore"):
             rest = bias - (c / c1) * beta
+            # gamma's rest is 0 up to rounding (1e-17 either side): that is no constant at all, not a sign change
+            magnitude = np.abs(bias) + np.abs((c / c1) * beta)
+            if op.bias is not None:  # the constants were built from the op's bias: their rounding scales with it
+                magnitude = magnitude + 4.0 * np.abs(pad_rank(op.bias, op.z_rank))
+            rest = np.where(np.abs(rest) <= REST_ROUNDING * magnitude, 0.0, rest)
         if plan.region_sign is None or bool(np.all(plan.region_sign * rest >= 0)):
             return (q, c / c1), rest
     q = op.forward_bias(b, op.x, lin_key(0.0, c), bias if np.any(bias) else None)
