@@ -33,9 +33,11 @@ class GraphBuilder:
         overridable = {v.name for v in model.graph.input}
         self._model_tensors: dict[tuple, list] = {}
         self._model_digests: dict[tuple, dict] = {}
+        self._model_by_name: dict[str, onnx.TensorProto] = {}
         for t in model.graph.initializer:
             if t.name not in overridable:
                 self._model_tensors.setdefault((t.data_type, tuple(t.dims)), []).append(t)
+                self._model_by_name[t.name] = t
         self.scope = "lrp/_"
         # forward float values stored in another float type than the working dtype (a float16 model explained in
         # float32, a float64 island in a float32 model): every builder op reads them through one cached Cast
@@ -91,6 +93,15 @@ class GraphBuilder:
                 self.initializers.append(numpy_helper.from_array(array, name))
             self._const_cache[key] = name
         return self._const_cache[key]
+
+    def model_weight(self, name: str) -> str | None:
+        """name, when it is one of the model's own initializers (not an overridable graph input) stored in the
+        working dtype: an emitter that knows its weight is exactly that tensor reads it by name, with no copy and
+        no search (see existing())."""
+        tensor = self._model_by_name.get(name)
+        if tensor is None or tensor.data_type != helper.np_dtype_to_tensor_dtype(self.dtype):
+            return None
+        return name
 
     def existing(self, array: np.ndarray) -> str | None:
         """The name of a model initializer holding exactly array (same type, shape and values), None if none does."""

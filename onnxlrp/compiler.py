@@ -17,7 +17,7 @@ from .composites import Composite, load_composite
 from .emitters import NodeView, accepted_rules, lookup
 from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, UnsupportedModelError
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
-from .shapes import annotate_shapes
+from .shapes import annotate_shapes, check_model
 
 METADATA_KEY = "onnxlrp"
 # graph outputs that carry forward values or the seed, not relevance: _unscale_outputs leaves them alone
@@ -371,7 +371,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     try:
-        onnx.checker.check_model(model)
+        check_model(model)
     except Exception as exc:
         raise CompileError(f"internal error: the compiled graph fails the ONNX checker: "
                            f"{' '.join(str(exc).split())[:300]}")

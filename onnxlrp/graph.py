@@ -118,8 +118,9 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
         except Exception as exc:
             raise ModelLoadError(f"cannot read the external data of {path}: {_first_line(exc)}")
     if check:
+        from .shapes import check_model
         try:
-            onnx.checker.check_model(proto)
+            check_model(proto)
         except Exception as exc:
             raise ModelLoadError(f"the model fails the ONNX checker: {_first_line(exc)}")
     _check_tensor_data(proto)

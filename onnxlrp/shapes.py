@@ -1,4 +1,5 @@
-"""Shape annotations for the compiled graph, so that onnxruntime's optimiser sees a graph it can lay out well."""
+"""Light copies of a model for the ONNX tools that do not need its weights (shape inference, the checker), and the
+shape annotations of the compiled graph, so that onnxruntime's optimiser sees a graph it can lay out well."""
 from __future__ import annotations
 
 import numpy as np
@@ -49,3 +50,55 @@ def annotate_shapes(model: onnx.ModelProto) -> None:
     known |= {v.name for v in model.graph.output} | {t.name for t in model.graph.initializer}
     model.graph.value_info.extend(v for v in inferred.graph.value_info
                                   if v.name not in known and v.type.tensor_type.HasField("shape"))
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """Every set field of message src into dst, but the one named skip (repeated fields extended, not deep-copied
+    twice)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if (field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED):
+            getattr(dst, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def _size_problem(tensor: onnx.TensorProto) -> str | None:
+    """What the ONNX checker would say of a large dense tensor's data size, None if it is consistent."""
+    count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    if tensor.HasField("raw_data"):
+        if len(tensor.raw_data) != count * itemsize:
+            return (f"TensorProto (tensor name: {tensor.name}) raw_data size ({len(tensor.raw_data)} bytes) does not "
+                    f"match the declared shape and type ({count * itemsize} bytes required)")
+        return None
+    field = {onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data"}.get(tensor.data_type,
+                                                                                              "int32_data")
+    held = len(getattr(tensor, field))
+    if held != count:
+        return f"TensorProto (tensor name: {tensor.name}) holds {held} values, its shape needs {count}"
+    return None
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker.check_model without serializing the large weights (the checker's one slow part: 2 s per call on
+    VGG-16): their data sizes are checked here, and the checker sees a copy holding one element of each."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if (tensor.data_type in FLOAT_STUBS and tensor.data_location != onnx.TensorProto.EXTERNAL
+                and int(np.prod(tensor.dims)) >= STUB_MIN_ELEMENTS):
+            problem = _size_problem(tensor)
+            if problem is not None:
+                raise onnx.checker.ValidationError(problem)
+            stub = light.graph.initializer.add()
+            stub.name, stub.data_type = tensor.name, tensor.data_type
+            stub.dims.extend([1] * len(tensor.dims))
+            stub.raw_data = bytes(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize)
+        else:
+            light.graph.initializer.append(tensor)
+    onnx.checker.check_model(light)

@@ -154,6 +154,7 @@ class GroupPlan:
     bias_total: Optional[np.ndarray]
     nonnegative: bool = False          # z_g >= 0 everywhere: stab(z_g) = z_g + eps
     region_sign: Optional[float] = None  # masked group: z_g has the mask's sign wherever the mask holds
+    signed_reuse: Optional[tuple] = None  # (a, c): z_g = a*z + c*(W+ x+ + W- x-) + const (see _signed_reuse)
 
     @property
     def eps_sign(self) -> Optional[float]:
@@ -203,7 +204,10 @@ def plan_groups(rule: Rule, op, x_nonneg: bool) -> list:
         for part in kept:
             part.reuse = _reuse_is_exact(plan, part, op, x_nonneg)
         plan.nonnegative = group.eps > 0 and _provably_nonnegative(plan, signs, op, x_nonneg)
-        if group.mask is not None and group.eps > 0 and kept and all(part.reuse for part in kept):
+        if not plan.nonnegative:
+            plan.signed_reuse = _signed_reuse(plan, op)
+        if group.mask is not None and group.eps > 0 and kept and (
+                all(part.reuse for part in kept) or plan.signed_reuse is not None):
             plan.region_sign = 1.0 if group.mask == "pos" else -1.0  # see _reuse_is_exact: no cancellation
         plans.append(plan)
     return plans
@@ -228,6 +232,31 @@ def _reuse_is_exact(plan: GroupPlan, part: Part, op, x_nonneg: bool) -> bool:
         return (a, c) == (1.0, 0.0) and not np.any(adj) and len(plan.parts) == 1
     sign = 1.0 if plan.group.mask == "pos" else -1.0
     return x_nonneg and a > 0 and sign * c >= 0 and bool(np.all(sign * adj >= 0))
+
+
+def _signed_reuse(plan: GroupPlan, op) -> Optional[tuple]:
+    """(a, c) when a masked group over a signed x (parts x+ with a1 W + c1 W+, x- with a2 W + c2 W+) is
+    a1*(z - b) + c1*Q + const, Q = W+ x+ + W- x- >= 0: that is when a2 - a1 == c1 and c2 == -c1 (gamma's two
+    groups: (1, g | 1+g, -g) and (1+g, -g | 1, g)). Exact for the same reason as _reuse_is_exact: where the mask
+    holds, a1*z, c1*Q and the constant all have the mask's sign. Both groups then share one Q (two convolutions
+    instead of four)."""
+    if plan.group.mask is None or plan.group.eps <= 0 or sorted(p.input for p in plan.parts) != ["neg", "pos"]:
+        return None
+    by_input = {part.input: part.combined() for part in plan.parts}
+    if by_input["pos"] is None or by_input["neg"] is None:
+        return None
+    (a1, c1), (a2, c2) = by_input["pos"], by_input["neg"]
+    close = lambda u, v: abs(u - v) <= 1e-12 * max(1.0, abs(u), abs(v))  # noqa: E731
+    if not (close(a2 - a1, c1) and close(c2, -c1)) or a1 <= 0:
+        return None
+    sign = 1.0 if plan.group.mask == "pos" else -1.0
+    bias = np.zeros(1) if op.bias is None else op.bias
+    total = np.zeros(1) if plan.bias_total is None else plan.bias_total
+    with np.errstate(all="ignore"):
+        adj = total - a1 * bias
+    if sign * c1 < 0 or not bool(np.all(sign * adj >= 0)):
+        return None
+    return (a1, c1)
 
 
 def _provably_nonnegative(plan: GroupPlan, signs: WeightSigns, op, x_nonneg: bool) -> bool:
@@ -311,7 +340,15 @@ def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: 
     if plan.eps_sign is not None:
         bias = bias + plan.eps_sign * plan.group.eps
     pieces, direct = [], []
-    for part in plan.parts:
+    if plan.signed_reuse is not None:
+        a, c = plan.signed_reuse
+        pieces.append((op.z, a))
+        if op.bias is not None:
+            with np.errstate(all="ignore"):
+                bias = bias - a * pad_rank(op.bias, op.z_rank)
+        piece, bias = _shared_positive(b, plan, op, shared, c, bias, inputs)
+        pieces.append(piece)
+    for part in plan.parts if plan.signed_reuse is None else ():
         ac = part.combined()
         if part.reuse:
             a, c = ac
@@ -338,12 +375,15 @@ def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: 
     return _weighted_sum(b, pieces, b.const(const, hint="b") if const is not None else None, "z_mod")
 
 
-def _shared_positive(b: GraphBuilder, plan: GroupPlan, op, shared: dict, c: float, bias: np.ndarray) -> tuple:
-    """(piece, remaining constant) for c * W+ x + bias. The first group gets Q = Conv(x, c W+, bias) (its constant
-    goes into the op's bias); later groups reuse Q as (c / c1) * Q when what is left of their constant keeps their
-    sign (gamma: it is exactly 0, both denominators come from one convolution), else get their own."""
-    if "P" in shared:
-        q, c1, beta = shared["P"]
+def _shared_positive(b: GraphBuilder, plan: GroupPlan, op, shared: dict, c: float, bias: np.ndarray,
+                     inputs: Optional["_Inputs"] = None) -> tuple:
+    """(piece, remaining constant) for c * P + bias, P = W+ x (or W+ x+ + W- x- when `inputs` is given: a signed
+    x). The first group gets Q = Conv(x, c W+, bias) (its constant goes into the op's bias); later groups reuse Q as
+    (c / c1) * Q when what is left of their constant keeps their sign (gamma: it is exactly 0, both denominators
+    come from one convolution), else get their own."""
+    kind = "P" if inputs is None else "Q"
+    if kind in shared:
+        q, c1, beta = shared[kind]
         with np.errstate(all="ignore"):
             rest = bias - (c / c1) * beta
             # gamma's rest is 0 up to rounding (1e-17 either side): that is no constant at all, not a sign change
@@ -353,8 +393,12 @@ def _shared_positive(b: GraphBuilder, plan: GroupPlan, op, shared: dict, c: floa
             rest = np.where(np.abs(rest) <= REST_ROUNDING * magnitude, 0.0, rest)
         if plan.region_sign is None or bool(np.all(plan.region_sign * rest >= 0)):
             return (q, c / c1), rest
-    q = op.forward_bias(b, op.x, lin_key(0.0, c), bias if np.any(bias) else None)
-    shared.setdefault("P", (q, c, bias))
+    if inputs is None:
+        q = op.forward_bias(b, op.x, lin_key(0.0, c), bias if np.any(bias) else None)
+    else:  # c W+ x+ + c W- x-, W- = W - W+
+        q = b.op("Add", [op.forward_bias(b, inputs.data("pos"), lin_key(0.0, c), bias if np.any(bias) else None),
+                         op.forward(b, inputs.data("neg"), lin_key(c, -c))], "q_signed")
+    shared.setdefault(kind, (q, c, bias))
     return (q, 1.0), np.zeros(1)
 
 

@@ -37,6 +37,7 @@ class LinearOp:
     z_rank: Optional[int]
     x_rank: Optional[int]
     _weights: dict = field(default_factory=dict)
+    source: Optional[str] = None  # the model's tensor that holds exactly W in this op's layout(), if one does
 
     def stored(self, b: GraphBuilder, key: str) -> str:
         """The weight modified by key, in this op's layout, cached per op. W itself is the model's own initializer
@@ -45,7 +46,8 @@ class LinearOp:
         if key not in self._weights:
             ac = basis(key)
             if ac == (1.0, 0.0):
-                self._weights[key] = b.const(self.layout(self.weight), hint="w")
+                named = b.model_weight(self.source) if self.source else None
+                self._weights[key] = named or b.const(self.layout(self.weight), hint="w")
             elif ac is None or self.weight.size < DERIVE_MIN_SIZE:
                 self._weights[key] = b.const(self.layout(weight_value(key, self.weight)), hint="w")
             else:
@@ -96,12 +98,16 @@ class DenseOp(LinearOp):
     MatMul either way (a transposed copy, where one is needed, is folded by onnxruntime)."""
 
     store_km: Optional[bool] = None  # True: stored (K, M); decided on first use from the model's initializers
+    source_km: Optional[bool] = None  # how `source` holds W: (K, M) (MatMul, Gemm transB=0) or (M, K) (transB=1)
 
     def _layout_for(self, b: GraphBuilder) -> bool:
         """Store (K, M) when the model holds W that way (and not as (M, K))."""
         if self.store_km is None:
             w = self.weight
-            self.store_km = b.existing(w) is not None and b.existing(np.ascontiguousarray(w.T)) is None
+            if self.source_km is not None and b.model_weight(self.source or "") is not None:
+                self.store_km = self.source_km
+            else:
+                self.store_km = b.existing(w) is not None and b.existing(np.ascontiguousarray(w.T)) is None
         return self.store_km
 
     def layout(self, w: np.ndarray) -> np.ndarray:
@@ -288,7 +294,8 @@ def _gemm_op(view: NodeView) -> LinearOp:
     if view.is_relevant(a):
         w = view.const(bname).astype(np.float64) * alpha
         w = w.T if view.attr("transB", 0) else w
-        return DenseOp(x=a, z=view.outputs[0], weight=w, bias=bias, z_rank=2, x_rank=2)
+        return DenseOp(x=a, z=view.outputs[0], weight=w, bias=bias, z_rank=2, x_rank=2,
+                       source=bname if alpha == 1.0 else None, source_km=not view.attr("transB", 0))
     w = view.const(a).astype(np.float64) * alpha
     w = w.T if view.attr("transA", 0) else w
     return LeftDenseOp(x=bname, z=view.outputs[0], weight=w, bias=bias, z_rank=2, x_rank=2)
@@ -336,7 +343,7 @@ def emit_matmul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     z = view.outputs[0]
     if view.is_relevant(a):
         op = DenseOp(x=a, z=z, weight=view.const(w).astype(np.float64), bias=None,
-                     z_rank=_rank(view, z), x_rank=_rank(view, a))
+                     z_rank=_rank(view, z), x_rank=_rank(view, a), source=w, source_km=True)
         R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
         return Emitted([R_x, None], R_b, stab)
     op = LeftDenseOp(x=w, z=z, weight=view.const(a).astype(np.float64), bias=None,
@@ -402,7 +409,7 @@ def emit_conv(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     nd = len(w.shape) - 2
     bias_arr = None if bias is None else bias.astype(np.float64).reshape((-1,) + (1,) * nd)
     op = ConvOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
-                attrs=attrs, output_padding=tuple(output_padding))
+                attrs=attrs, output_padding=tuple(output_padding), source=view.inputs[1])
     R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
     return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
 
