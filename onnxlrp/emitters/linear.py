@@ -19,6 +19,7 @@ from ..errors import CompileError
 from ..rules import LINEAR_RULES, Pass, Rule
 from . import Emitted, NodeView, register
 from .generic_linear import basis, emit_linear, weight_value
+from .geometry import explicit_pads
 
 # weights smaller than this are stored modified (NumPy); larger ones are derived in the graph from W
 DERIVE_MIN_SIZE = 4096
@@ -364,15 +365,7 @@ def conv_geometry(view: NodeView, x_shape: tuple, w_shape: tuple) -> tuple:
     if any(d is None for d in spatial):
         raise CompileError(f"the spatial shape of {view.inputs[0]!r} is not known at compile time "
                            f"(needed to size the transposed convolution); give the model static spatial dims")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads = [0] * (2 * nd)
-        for i in range(nd):
-            out = -(-spatial[i] // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial[i])
-            small, big = total // 2, total - total // 2
-            pads[i], pads[i + nd] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-    elif auto_pad == "VALID":
-        pads = [0] * (2 * nd)
+    pads = explicit_pads(auto_pad, pads, spatial, kernel, strides, dilations)
     output_padding = []
     for i in range(nd):
         eff = (kernel[i] - 1) * dilations[i] + 1

@@ -13,6 +13,7 @@ import numpy as np
 from ..builder import GraphBuilder
 from ..rules import Epsilon, Norm, Rule, WinnerTakesAll
 from . import Emitted, NodeView, register
+from .geometry import explicit_pads
 
 
 def _static_spatial(view: NodeView) -> Optional[str]:
@@ -37,14 +38,7 @@ def pool_geometry(view: NodeView, spatial: tuple) -> tuple:
     pads = list(view.attr("pads", [0] * (2 * nd)))
     auto_pad = view.attr("auto_pad", "NOTSET")
     ceil_mode = view.attr("ceil_mode", 0)
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        for i in range(nd):
-            out = -(-spatial[i] // strides[i])
-            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - spatial[i])
-            small, big = total // 2, total - total // 2
-            pads[i], pads[i + nd] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-    elif auto_pad == "VALID":
-        pads = [0] * (2 * nd)
+    pads = explicit_pads(auto_pad, pads, spatial, kernel, strides, dilations)
     out_spatial = []
     for i in range(nd):
         eff = (kernel[i] - 1) * dilations[i] + 1
