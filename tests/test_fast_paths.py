@@ -140,3 +140,20 @@ def test_weight_signs_match_numpy(kind, key):
     value = weight_value(key, w)
     want = 0 if not np.any(value) else 1 if np.all(value >= 0) else -1 if np.all(value <= 0) else None
     assert WeightSigns.of(w).sign(key, w) == want
+
+
+def test_gamma_on_a_signed_input_shares_one_positive_part(tmp_path):
+    """Gamma where x has both signs: both sign regions' denominators come from z and one Q = W+ x+ + W- x- (two
+    convolutions, not four: z + g Q where z > 0, (1+g) z - g Q where z < 0), and the relevance still equals the
+    matrix-form reference (test_every_rule_with_derived_weights checks the numbers; this checks the graph)."""
+    x_shape, w_shape, attrs = STRIDE1["pad1"]
+    model, _ = _conv(x_shape, w_shape, **attrs)
+    composite = tmp_path / "gamma.toml"
+    composite.write_text('extends = "base"\n\n[[match]]\ngroup = "convolution"\nrule = "gamma"\ngamma = 0.25\n')
+    compiled = onnxlrp.compile(model, str(composite))
+    convs = [n for n in compiled.graph.node if n.op_type == "Conv"]
+    forward = [n for n in convs if n.input[0] in ("x",) or "x_pos" in n.input[0] or "x_neg" in n.input[0]]
+    assert len(forward) == 3, [n.input[0] for n in convs]  # the model's own Conv, W+ x+ and W- x-
+    x = rng(13).normal(size=(2,) + x_shape[1:]).astype(np.float32)
+    exp = onnxlrp.Explainer(compiled, providers=["CPUExecutionProvider"]).explain(x)
+    assert np.all(exp.conservation()["relative_error"] < 1e-5)

@@ -224,14 +224,24 @@ def _reuse_is_exact(plan: GroupPlan, part: Part, op, x_nonneg: bool) -> bool:
     if part.input != "x" or ac is None or ac[0] == 0:
         return False
     a, c = ac
+    if plan.group.mask is None:
+        return (a, c) == (1.0, 0.0) and not np.any(_constant_left(plan, op, a)) and len(plan.parts) == 1
+    return x_nonneg and _keeps_mask_sign(plan, op, a, c)
+
+
+def _constant_left(plan: GroupPlan, op, a: float) -> np.ndarray:
+    """The group's bias less a * the op's bias: what stays constant once a * z is reused."""
     bias = np.zeros(1) if op.bias is None else op.bias
     total = np.zeros(1) if plan.bias_total is None else plan.bias_total
     with np.errstate(all="ignore"):  # inf/NaN weights of a broken model: no reuse, and no warning
-        adj = total - a * bias
-    if plan.group.mask is None:
-        return (a, c) == (1.0, 0.0) and not np.any(adj) and len(plan.parts) == 1
+        return total - a * bias
+
+
+def _keeps_mask_sign(plan: GroupPlan, op, a: float, c: float) -> bool:
+    """Where a masked group's mask holds, a*z, c*(a non-negative part) and the constant left all have the mask's
+    sign: a > 0, sign*c >= 0, sign*constant >= 0."""
     sign = 1.0 if plan.group.mask == "pos" else -1.0
-    return x_nonneg and a > 0 and sign * c >= 0 and bool(np.all(sign * adj >= 0))
+    return a > 0 and sign * c >= 0 and bool(np.all(sign * _constant_left(plan, op, a) >= 0))
 
 
 def _signed_reuse(plan: GroupPlan, op) -> Optional[tuple]:
@@ -247,14 +257,7 @@ def _signed_reuse(plan: GroupPlan, op) -> Optional[tuple]:
         return None
     (a1, c1), (a2, c2) = by_input["pos"], by_input["neg"]
     close = lambda u, v: abs(u - v) <= 1e-12 * max(1.0, abs(u), abs(v))  # noqa: E731
-    if not (close(a2 - a1, c1) and close(c2, -c1)) or a1 <= 0:
-        return None
-    sign = 1.0 if plan.group.mask == "pos" else -1.0
-    bias = np.zeros(1) if op.bias is None else op.bias
-    total = np.zeros(1) if plan.bias_total is None else plan.bias_total
-    with np.errstate(all="ignore"):
-        adj = total - a1 * bias
-    if sign * c1 < 0 or not bool(np.all(sign * adj >= 0)):
+    if not (close(a2 - a1, c1) and close(c2, -c1)) or not _keeps_mask_sign(plan, op, a1, c1):
         return None
     return (a1, c1)
 
