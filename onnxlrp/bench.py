@@ -190,7 +190,8 @@ def run_bench(model, composite: str = "epsilon_plus", *, params: Optional[dict] 
     raw = dict(feeds, **{TARGET_INPUT: np.full(n, -1, dtype=np.int64)})
     calls = {"forward": lambda: forward.run(None, feeds), "explanation": lambda: explainer.session.run(None, raw),
              "explain": lambda: explainer.explain(feeds)}
-    medians, rounds = interleaved(calls, warmup, repeats, budget_s, settle=True)  # no process-wide pool: a library call
+    # fast models get more rounds (up to 20x repeats, 1 s in all); settle: no process-wide pool in a library call
+    medians, rounds = interleaved(calls, warmup, repeats, budget_s, min_s=1.0, settle=True)
     return BenchResult(composite=explainer.composite, provider=explainer.provider, batch=n, compile_s=compile_s,
                        nodes=len(source.graph.node), compiled_nodes=len(compiled.graph.node),
                        forward_s=medians["forward"], explanation_s=medians["explanation"],
