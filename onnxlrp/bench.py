@@ -162,7 +162,8 @@ class BenchResult:
 
 def run_bench(model, composite: str = "epsilon_plus", *, params: Optional[dict] = None, batch: int = 1,
               providers: Optional[Sequence[str]] = None, repeats: int = 10, warmup: int = 2, threads: int = 0,
-              shapes: Optional[dict] = None, budget_s: Optional[float] = 120.0) -> BenchResult:
+              shapes: Optional[dict] = None, budget_s: Optional[float] = 120.0,
+              min_s: float = 1.0) -> BenchResult:
     """Compile MODEL, then time its forward pass (the original model) against the explanation, same provider,
     threads and inputs."""
     import onnxruntime as ort
@@ -190,8 +191,8 @@ def run_bench(model, composite: str = "epsilon_plus", *, params: Optional[dict] 
     raw = dict(feeds, **{TARGET_INPUT: np.full(n, -1, dtype=np.int64)})
     calls = {"forward": lambda: forward.run(None, feeds), "explanation": lambda: explainer.session.run(None, raw),
              "explain": lambda: explainer.explain(feeds)}
-    # fast models get more rounds (up to 20x repeats, 1 s in all); settle: no process-wide pool in a library call
-    medians, rounds = interleaved(calls, warmup, repeats, budget_s, min_s=1.0, settle=True)
+    # fast models get more rounds (up to 20x repeats, min_s in all); settle: no process-wide pool in a library call
+    medians, rounds = interleaved(calls, warmup, repeats, budget_s, min_s=min_s, settle=True)
     return BenchResult(composite=explainer.composite, provider=explainer.provider, batch=n, compile_s=compile_s,
                        nodes=len(source.graph.node), compiled_nodes=len(compiled.graph.node),
                        forward_s=medians["forward"], explanation_s=medians["explanation"],

@@ -21,11 +21,18 @@ MODELS = ROOT / "models"
 
 
 def test_run_bench_measures_forward_and_explanation():
-    result = run_bench(str(MODELS / "digits_mlp.onnx"), "epsilon", batch=3, repeats=3, warmup=1, threads=1)
+    result = run_bench(str(MODELS / "digits_mlp.onnx"), "epsilon", batch=3, repeats=3, warmup=1, threads=1, min_s=0.0)
     assert result.batch == 3 and result.rounds == 3 and result.provider == "CPUExecutionProvider"
     assert result.forward_s > 0 and result.explanation_s > 0 and result.explain_api_s > 0
     assert result.ratio == pytest.approx(result.explanation_s / result.forward_s)
     assert result.compiled_nodes > result.nodes > 0 and result.compile_s > 0
+
+
+def test_fast_models_get_more_rounds():
+    """A sub-millisecond model is timed for at least min_s seconds (up to 20x the rounds asked), so that its median
+    is not one noisy round among three."""
+    result = run_bench(str(MODELS / "digits_mlp.onnx"), "epsilon", repeats=3, warmup=1, threads=1, min_s=0.3)
+    assert result.rounds == 60  # 60 rounds of this MLP take far less than 0.3 s: it stops at the 20x cap
 
 
 def test_cli_bench_prints_the_ratio_and_throughput():
