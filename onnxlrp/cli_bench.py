@@ -25,7 +25,7 @@ def bench_cmd(model, composite, sets, batch, providers, repeats, warmup, threads
     from .graph import load_model
     source = load_model(model)
     names = [i.name for i in source.graph.input if i.name not in {t.name for t in source.graph.initializer}]
-    result = run_bench(source, composite, params=parse_sets(sets), batch=batch, providers=list(providers) or None,
+    result = run_bench(model, composite, params=parse_sets(sets), batch=batch, providers=list(providers) or None,
                        repeats=max(repeats, 1), warmup=max(warmup, 0), threads=threads,
                        shapes=parse_shapes(shapes, names))
     click.echo(f"model {model} | composite {result.composite} | provider {result.provider} | batch {result.batch} "
