@@ -2,48 +2,22 @@
 
 torchvision is not installed here, so the architectures are written out (torchvision's layer layout and attribute
 names, so that zennit's canonizers recognise them). ResNet blocks subclass torchvision's BasicBlock/Bottleneck
-(or the stand-ins of tests/conftest.py) for zennit's ResNetCanonizer.
+(or the stand-ins of tests/conftest.py) for zennit's ResNetCanonizer; they, the stand-ins and the exact BN merge
+come from tests/zoo.py, so that benchmark and tests share one definition.
 """
 from __future__ import annotations
 
-import importlib.machinery
 import sys
-import types
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-
-def install_torchvision_stub() -> None:
-    """zennit imports torchvision.models.resnet; register a minimal stand-in when torchvision is missing."""
-    if "torchvision" in sys.modules:
-        return
-    try:
-        import torchvision  # noqa: F401
-        return
-    except ImportError:
-        pass
-    tv = types.ModuleType("torchvision")
-    models = types.ModuleType("torchvision.models")
-    resnet = types.ModuleType("torchvision.models.resnet")
-
-    class BasicBlock(nn.Module):
-        """Stand-in for torchvision's BasicBlock."""
-
-    class Bottleneck(nn.Module):
-        """Stand-in for torchvision's Bottleneck."""
-
-    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
-    for module in (tv, models, resnet):
-        module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
-    models.resnet = resnet
-    tv.models = models
-    sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
-
-
-install_torchvision_stub()
-from torchvision.models import resnet as _tv_resnet  # noqa: E402  (the real one or the stand-in)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+# the test zoo's ResNet blocks (torchvision's layout, subclasses of its BasicBlock/Bottleneck or of the stand-ins
+# tests/conftest.py registers when torchvision is missing, which zoo installs before zennit is imported)
+from zoo import BasicBlock, Bottleneck  # noqa: E402
 
 
 def mlp() -> nn.Module:
@@ -62,55 +36,6 @@ def vgg16(num_classes: int = 1000) -> nn.Module:
             c = v
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Dropout(),
                          nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, num_classes))
-
-
-class BasicBlock(_tv_resnet.BasicBlock):
-    """torchvision's ResNet BasicBlock."""
-
-    expansion = 1
-
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
-        nn.Module.__init__(self)
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class Bottleneck(_tv_resnet.Bottleneck):
-    """torchvision's ResNet Bottleneck (stride on the 3x3 conv)."""
-
-    expansion = 4
-
-    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
-        nn.Module.__init__(self)
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU()
-        self.downsample = downsample
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The three convolutions plus the shortcut, then relu."""
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
 
 
 class ResNet(nn.Module):

@@ -10,26 +10,14 @@ from __future__ import annotations
 import torch
 
 import models  # noqa: F401  (installs the torchvision stand-in zennit imports)
+from zoo import exact_merge  # the test zoo's exact BN merge (models put tests/ on the path)
 from zennit.canonizers import AttributeCanonizer, SequentialMergeBatchNorm
 from zennit.composites import EpsilonGammaBox, EpsilonPlus
 from zennit.layer import Sum
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
 
-class ExactSequentialMergeBatchNorm(SequentialMergeBatchNorm):
-    """SequentialMergeBatchNorm whose merged BatchNorm is the exact identity (var = eps = 0.5)."""
-
-    def register(self, linears, batch_norm) -> None:
-        """Merge, then make the BatchNorm the identity."""
-        self.batch_norm_eps = batch_norm.eps
-        super().register(linears, batch_norm)
-        batch_norm.running_var.data = torch.full_like(batch_norm.running_var.data, 0.5)
-        batch_norm.eps = 0.5
-
-    def remove(self) -> None:
-        """Undo the merge and restore eps."""
-        super().remove()
-        self.batch_norm.eps = self.batch_norm_eps
+ExactSequentialMergeBatchNorm = exact_merge(SequentialMergeBatchNorm)  # see tests/zoo.py: exact_merge
 
 
 class InvertedResidualCanonizer(AttributeCanonizer):
