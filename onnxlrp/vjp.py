@@ -244,6 +244,19 @@ def vjp_div(b: GraphBuilder, view: NodeView, g: list) -> Backward:
     return Backward(grads)
 
 
+@vjp("Where", check=_known_ranks)
+def vjp_where(b: GraphBuilder, view: NodeView, g: list) -> Backward:
+    """y = where(c, a, e): g_a = g where c holds, g_e = g elsewhere (each summed back over its broadcast axes)."""
+    condition, a, e = view.inputs
+    zero = b.const(0.0)
+    grads = [None, None, None]
+    if view.is_relevant(a):
+        grads[1] = _to_shape_of(b, view, b.op("Where", [condition, g[0], zero], "g_then"), a)
+    if view.is_relevant(e):
+        grads[2] = _to_shape_of(b, view, b.op("Where", [condition, zero, g[0]], "g_else"), e)
+    return Backward(grads)
+
+
 def _check_pow(view: NodeView) -> Optional[str]:
     """Pow: a run-time base raised to a constant exponent."""
     if view.is_relevant(view.inputs[1]):

@@ -63,6 +63,8 @@ CASES = [
                                   _node("ReduceSum", ["r", "ax"], ["h"], keepdims=0)],
      [numpy_helper.from_array(np.array([0, 2, 3], dtype=np.int64), "shape"),
       numpy_helper.from_array(np.array([2], dtype=np.int64), "ax")], 2),
+    ("where", 17, [_node("Greater", ["x", "one"], ["c"]), _node("Tanh", ["x"], ["t"]), _node("Sigmoid", ["x"], ["s"]),
+                   _node("Where", ["c", "t", "s"], ["h"])], [_c("one", 1.0)], 6),
     ("softmax", 17, [_node("Softmax", ["x"], ["h"], axis=1)], [], 6),
     ("log_softmax", 17, [_node("LogSoftmax", ["x"], ["h"], axis=-1)], [], 6),
     ("matmul_two_activations", 17, [_node("Reshape", ["x", "s23"], ["a"]), _node("Tanh", ["x"], ["t"]),
