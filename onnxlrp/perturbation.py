@@ -112,12 +112,12 @@ def schedule(metric: str, count: int, steps: int) -> np.ndarray:
 
 
 def gaussian_blur(x: np.ndarray, axes: tuple, sigma: float) -> np.ndarray:
-    """x blurred along `axes` by a Gaussian of standard deviation sigma (values at the border mirrored, as
-    scipy.ndimage's 'reflect'); the kernel reaches 3 sigma."""
+    """x blurred along `axes` by a Gaussian of standard deviation sigma, truncated at 3 sigma, values beyond the
+    border mirrored (scipy.ndimage.gaussian_filter's mode 'reflect', truncate 3)."""
     out = np.asarray(x, dtype=np.float64)
     if sigma <= 0:
         return out
-    radius = max(1, int(np.ceil(3.0 * sigma)))
+    radius = max(1, int(3.0 * sigma + 0.5))
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
     for axis in axes:

@@ -22,6 +22,15 @@ from torch_utils import export, relative_l2
 from zoo import ZOO, build
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small torch models on a shared 2-core machine: one intra-op thread is far faster than spinning two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _torch_gradient(model: nn.Module, x: np.ndarray, targets: list) -> np.ndarray:
     """df/dx of the targets' outputs (flattened per sample), by torch autograd."""
     xt = torch.tensor(x, requires_grad=True)
