@@ -74,14 +74,14 @@ def describe(evaluation: Evaluation) -> str:
 
 def save_curves(path: str, evaluation: Evaluation, title: str = "") -> tuple:
     """Two panels (MoRF, LeRF): the mean explained logit against the fraction removed, one line per method with
-    its 95 % band; returns the PNG size (width, height)."""
+    its 95 % band, and a legend with the AUCs, most faithful (largest LeRF - MoRF) first; returns the PNG size."""
     from .heatmap import _figure, _save
-    width, height = 11.0, 4.6
+    width, height = 12.5, 4.8
     fig = _figure(width, height)
-    axes = [fig.add_axes((0.06, 0.13, 0.33, 0.72)), fig.add_axes((0.45, 0.13, 0.33, 0.72))]
+    axes = [fig.add_axes((0.055, 0.12, 0.3, 0.7)), fig.add_axes((0.405, 0.12, 0.3, 0.7))]
     x = evaluation.fractions
     styles = _styles(evaluation)
-    rows = {r.method: r for r in evaluation.table()}
+    handles = {}
     for ax, order, label in ((axes[0], "morf", "most relevant first (lower is better)"),
                              (axes[1], "lerf", "least relevant first (higher is better)")):
         for m in evaluation.methods:
@@ -89,8 +89,7 @@ def save_curves(path: str, evaluation: Evaluation, title: str = "") -> tuple:
             mean = curve.mean(axis=0)
             half = Z95 * curve.std(axis=0, ddof=1) / np.sqrt(len(curve)) if len(curve) > 1 else 0 * mean
             color, style = styles[m.name]
-            auc = rows[m.name].auc_morf if order == "morf" else rows[m.name].auc_lerf
-            ax.plot(x, mean, style, color=color, linewidth=1.6, label=f"{m.name} ({auc:.2f})")
+            handles[m.name], = ax.plot(x, mean, style, color=color, linewidth=1.6)
             ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.12, linewidth=0)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("fraction of the input removed", fontsize=9)
@@ -99,14 +98,17 @@ def save_curves(path: str, evaluation: Evaluation, title: str = "") -> tuple:
         ax.grid(linewidth=0.4, alpha=0.5)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-        ax.legend(fontsize=7, frameon=False, loc="upper right" if order == "morf" else "lower left",
-                  title="method (AUC)", title_fontsize=7)
+    rows = sorted(evaluation.table(), key=lambda r: -r.difference)
+    width_name = max(len(r.method) for r in rows)
+    labels = [f"{r.method:<{width_name}} {r.auc_morf:6.2f} {r.auc_lerf:6.2f} {r.difference:6.2f}" for r in rows]
+    legend = fig.legend([handles[r.method] for r in rows], labels, loc="upper left", bbox_to_anchor=(0.72, 0.83),
+                        frameon=False, prop={"family": "monospace", "size": 7},
+                        title=f"{'method':<{width_name}}   MoRF   LeRF   diff", title_fontproperties={
+                            "family": "monospace", "size": 7, "weight": "bold"})
+    legend._legend_box.align = "left"
     lines = [title] if title else []
     lines.append(describe(evaluation))
-    fig.text(0.06, 0.97, "\n".join(lines), fontsize=9, va="top")
-    legend = [f"{r.method}: {r.difference:+.2f}" for r in evaluation.table()]
-    fig.text(0.81, 0.85, "LeRF - MoRF (higher is\nmore faithful)\n\n" + "\n".join(legend), fontsize=8, va="top",
-             family="monospace")
+    fig.text(0.055, 0.975, "\n".join(lines), fontsize=9, va="top")
     _save(fig, path)
     return tuple(fig.canvas.get_width_height())
 

@@ -250,7 +250,7 @@ def test_cli_evaluate(tmp_path) -> None:
     rows = {r["method"]: r for r in report["rows"]}
     assert rows["zero"]["auc_morf"] == pytest.approx(rows["gradient"]["auc_morf"], abs=1e-4)
     from PIL import Image
-    assert Image.open(png).size == (1650, 690)
+    assert Image.open(png).size == (1875, 720)
     done = runner.invoke(main, ["evaluate", CNN, str(data), "--composites", "", "--baselines", "random", "--steps", "4",
                                 "--metric", "region_perturbation", "--format", "csv"])
     assert done.exit_code == 0 and done.stdout.splitlines()[0].startswith("method,auc_morf,auc_morf_ci")
