@@ -1,7 +1,4 @@
-"""CLI command: onnxlrp evaluate MODEL DATA (perturbation metrics for composites and gradient baselines).
-
-The command is a plain click command listed in COMMANDS; the `onnxlrp` group attaches it (and turns errors into
-one line), so this module imports nothing from cli.py."""
+"""CLI command: onnxlrp evaluate MODEL DATA (perturbation metrics for composites and gradient baselines)."""
 from __future__ import annotations
 
 import sys
@@ -9,23 +6,13 @@ from typing import Optional
 
 import click
 
-from .errors import OnnxLrpError
+from .cli_options import (command, format_option, model_argument, output_option, parse_sets, set_option,
+                          target_argument, target_option)
 
 
 def _names(text: str) -> list:
     """'a,b, c' -> ['a', 'b', 'c'] ('' -> [])."""
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _sets(values) -> dict:
-    """--set KEY=VALUE pairs (values parsed by the composite loader)."""
-    params = {}
-    for item in values:
-        if "=" not in item:
-            raise OnnxLrpError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        params[key.strip()] = value.strip()
-    return params
 
 
 def _chosen_format(fmt: Optional[str]) -> str:
@@ -35,8 +22,8 @@ def _chosen_format(fmt: Optional[str]) -> str:
     return "table" if hasattr(sys.stdout, "isatty") and sys.stdout.isatty() else "csv"
 
 
-@click.command("evaluate")
-@click.argument("model", type=click.Path())  # load_model names a folder or a missing file in one line
+@command("evaluate")
+@model_argument
 @click.argument("data", type=click.Path())
 @click.option("--composites", default="epsilon_plus", show_default=True,
               help="Comma-separated composites (built-in names or TOML files); '' for none.")
@@ -53,10 +40,9 @@ def _chosen_format(fmt: Optional[str]) -> str:
 @click.option("--fill", type=click.Choice(["mean", "zero", "blur", "uniform"]), default=None,
               help="What a removed value becomes [default: mean; uniform for region_perturbation].")
 @click.option("--samples", type=int, default=256, show_default=True, help="Evaluate the first N samples of DATA.")
-@click.option("--target", "-t", type=int, default=None, help="Class to explain [default: the predicted one].")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Composite parameter, for every composite that has it (repeatable), e.g. --set low=0")
-@click.option("--output", "output_name", default=None, help="Graph output to explain.")
+@target_option
+@set_option
+@output_option
 @click.option("--input-name", default=None, help="The input to perturb (models with several inputs).")
 @click.option("--mask-token", type=int, default=None, help="Token id that replaces removed tokens (integer inputs).")
 @click.option("--ig-steps", type=int, default=32, show_default=True, help="Integrated Gradients: interpolation steps.")
@@ -71,13 +57,13 @@ def _chosen_format(fmt: Optional[str]) -> str:
 @click.option("--batch-rows", type=int, default=1024, show_default=True,
               help="Rows per onnxruntime run for attributions.")
 @click.option("--png", default=None, type=click.Path(dir_okay=False), help="Write the curves to this PNG.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default=None,
-              help="Output format [default: table on a terminal, csv when piped].")
-def evaluate_cmd(model, data, composites, baselines, metric, patch, steps, fill, samples, target, sets, output_name,
+@format_option
+def evaluate_cmd(model, data, composites, baselines, metric, patch, steps, fill, samples, targets, sets, output_name,
                  input_name, mask_token, ig_steps, ig_baseline, smoothgrad_samples, noise, blur_sigma, seed,
                  batch_rows, png, fmt) -> None:
     """How faithful is each explanation of MODEL on DATA (.npy, .npz)? Remove the most (least) relevant features
-    first and follow the explained logit: one row per composite and baseline."""
+    first and follow the explained logit: one row per composite and baseline (--set applies a composite parameter
+    to every composite that has it; the explained class is the predicted one unless --target says otherwise)."""
     from .evaluate import evaluate
     from .evaluate_report import curve_records, describe, save_curves, score_records, score_rich_table, settings_record
     from .graph import load_model
@@ -88,10 +74,10 @@ def evaluate_cmd(model, data, composites, baselines, metric, patch, steps, fill,
     names = [i.name for i in source.graph.input if i.name not in initializers]
     inputs = load_inputs(data, names)
     result = evaluate(source, inputs, composites=_names(composites), baselines=_names(baselines), metric=metric,
-                      patch=patch, steps=steps, fill=fill, samples=samples, target=target, input_name=input_name,
-                      output=output_name, params=_sets(sets), ig_steps=ig_steps, ig_baseline=ig_baseline,
-                      smoothgrad_samples=smoothgrad_samples, noise=noise, mask_token=mask_token,
-                      blur_sigma=blur_sigma, seed=seed, batch_rows=batch_rows)
+                      patch=patch, steps=steps, fill=fill, samples=samples, target=target_argument(targets),
+                      input_name=input_name, output=output_name, params=parse_sets(sets), ig_steps=ig_steps,
+                      ig_baseline=ig_baseline, smoothgrad_samples=smoothgrad_samples, noise=noise,
+                      mask_token=mask_token, blur_sigma=blur_sigma, seed=seed, batch_rows=batch_rows)
     chosen = _chosen_format(fmt)
     if chosen == "json":
         click.echo(to_json(score_records(result), settings=settings_record(result), curves=curve_records(result)))
