@@ -16,6 +16,8 @@ def rules_cmd() -> None:
         comp = load_composite(name)
         params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in comp.params.items())
         click.echo(f"  {name:28s} {comp.description} [{params}]")
+    from .gradient import DESCRIPTION
+    click.echo(f"  {'gradient':28s} {DESCRIPTION} []")
     click.echo("rules:")
     for name, cls in RULES.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]

@@ -35,6 +35,8 @@ from .rules import Rule
 from .vjp import lookup_vjp
 
 GRADIENT = "gradient"
+DESCRIPTION = ("gradient x input: every node passes its vector-Jacobian product (a baseline, not LRP); bias outputs "
+               "b * df/db, the stabilizer the remainder")
 GRADIENT_OUTPUT = "lrp/gradient/"
 
 

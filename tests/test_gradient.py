@@ -144,3 +144,16 @@ def test_gradient_composite_refuses_what_it_cannot_do(tmp_path) -> None:
     broken = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(onnxlrp.UnsupportedModelError, match=r"TopK x1 \(the_topk\): no gradient \(VJP\) for this op"):
         onnxlrp.compile(broken, "gradient")
+
+
+def test_cli_lists_and_inspects_the_gradient_composite() -> None:
+    from click.testing import CliRunner
+    from onnxlrp.cli import main
+    runner = CliRunner()
+    listed = runner.invoke(main, ["rules"])
+    assert listed.exit_code == 0 and any(line.split()[:1] == ["gradient"] for line in listed.output.splitlines())
+    plan = runner.invoke(main, ["inspect", str(MODELS / "digits_cnn.onnx"), "--composite", "gradient"])
+    assert plan.exit_code == 0, plan.output
+    rows = [line.split() for line in plan.output.splitlines()[1:]]
+    assert len(rows) == 13 and all(r[-1] == "gradient" for r in rows)
+    assert [r[1] for r in rows if r[2] == "yes"] == ["Conv", "Conv", "Conv", "Conv", "Gemm"]
