@@ -277,7 +277,6 @@ def _warm(explainer: Explainer, s: _Setting) -> Explainer:
 
 def _baseline(s: _Setting, method: str) -> tuple:
     """(attribution, input share, bias share, seconds, setup seconds) of a baseline."""
-    n = s.targets.shape[0]
     x = s.inputs[s.name]
     if method == "random":
         start = time.perf_counter()

@@ -149,7 +149,8 @@ def compile_gradient(model: Union[ModelLike, onnx.ModelProto], *, params: Option
         parts.append(b.per_sample_sum(relevance, "x_g_sum"))
     parts += [b.per_sample_sum(value, "b_g_sum") for value in bias_values.values()]
     remainder = b.op("Sub", [total, b.add_all(parts, "first_order")], "remainder") if parts else total
-    extra = [helper.make_tensor_value_info(out, elem, _shape(index.info(name).shape)) for name, out in gradients.items()]
+    extra = [helper.make_tensor_value_info(out, elem, _shape(index.info(name).shape))
+             for name, out in gradients.items()]
     composite = SimpleNamespace(name=GRADIENT, params={})
     compiled = _assemble(source, canon, plan, b, contributions, bias_values, [("remainder", remainder)], {}, total,
                          composite, init, None, extra_outputs=extra, extra_meta={"gradient": gradients})

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+if TYPE_CHECKING:
+    import torch
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -24,7 +28,8 @@ def torch_copy(name: str) -> "torch.nn.Module":
     import torch
     train = _train_module()
     model = {"digits_cnn": train.DigitsCNN, "digits_mlp": train.DigitsMLP}[name]()
-    weights = {t.name: torch.tensor(numpy_helper.to_array(t)) for t in onnx.load(str(MODELS / f"{name}.onnx")).graph.initializer}
+    source = onnx.load(str(MODELS / f"{name}.onnx"))
+    weights = {t.name: torch.tensor(numpy_helper.to_array(t)) for t in source.graph.initializer}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
     return model.eval()

@@ -113,7 +113,8 @@ def test_gradient_equals_autograd_on_curved_activations(activation_net, tmp_path
     assert np.abs(exp.stabilizer).min() > 1e-3 * np.abs(exp.total).max()  # ... and is not zero: curved activations
 
 
-@pytest.mark.parametrize("name", ["unet", "channels_last"])  # every zoo model, both exporters: benchmarks/gradient_zoo.py
+# every zoo model with both exporters: benchmarks/gradient_zoo.py
+@pytest.mark.parametrize("name", ["unet", "channels_last"])
 def test_gradient_equals_autograd_on_zoo_models(tmp_path, name: str) -> None:
     entry = ZOO[name]
     model = build(name)
