@@ -21,10 +21,10 @@ from .baselines import (BASELINES, IG_BASELINES, integrated_gradients, ig_refere
                         smoothgrad)
 from .canonicalize import explained_tensor
 from .errors import InputError, OnnxLrpError
-from .graph import ModelLike, load_model
+from .graph import ModelLike, infer_shapes, load_model
 from .perturbation import (DEFAULT_FILL, FILLS, METRICS, Features, auc, curves, feature_scores, features,
                            fill_values, removal_steps, removed_fraction)
-from .runtime import _ORT_TYPES, Explainer, _converted, _quiet_stderr, choose_providers
+from .runtime import _ORT_TYPES, Explainer, _converted, _quiet_stderr, _session_error, choose_providers
 from .session_tuning import tune_options
 
 Z95 = 1.959963984540054  # two-sided 95 % quantile of the normal distribution
@@ -125,14 +125,19 @@ class ModelForward:
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
         _, self.explained = explained_tensor(proto, output)
-        if self.explained not in {o.name for o in proto.graph.output}:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(self.explained, 0, None))
+        if self.explained not in {o.name for o in proto.graph.output}:  # the logits before a bypassed Softmax
+            known = {vi.name: vi for vi in infer_shapes(proto).graph.value_info}
+            elem = known[self.explained].type.tensor_type.elem_type if self.explained in known else 1
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(self.explained, elem, None))
         options = ort.SessionOptions()
         options.log_severity_level = 4
         tune_options(options, proto)
-        with _quiet_stderr():
-            self.session = ort.InferenceSession(proto.SerializeToString(), options,
-                                                providers=choose_providers(providers))
+        try:
+            with _quiet_stderr():
+                self.session = ort.InferenceSession(proto.SerializeToString(), options,
+                                                    providers=choose_providers(providers))
+        except Exception as exc:
+            raise _session_error(model, exc) from None
         self.inputs = {i.name: i for i in self.session.get_inputs()}
 
     def __call__(self, feeds: dict) -> np.ndarray:

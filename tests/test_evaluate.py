@@ -157,6 +157,20 @@ def test_evaluate_rows_shares_and_shared_end_points() -> None:
     assert rows["gradient"].difference_ci == pytest.approx(1.959963984540054 * diff.std(ddof=1) / np.sqrt(n))
 
 
+def test_evaluate_follows_the_logits_behind_a_softmax() -> None:
+    """A trailing Softmax is bypassed as the compiler does: the curves hold the logits, not probabilities."""
+    model = onnx.load(MLP)
+    logits = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("Softmax", [logits], ["probs"], axis=1))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 10]))
+    x, _ = digits("flat")
+    with_softmax = evaluate(model, x[:6], composites=["zero"], baselines=[], steps=4)
+    plain = evaluate(MLP, x[:6], composites=["zero"], baselines=[], steps=4)
+    np.testing.assert_allclose(with_softmax.method("zero").morf, plain.method("zero").morf, rtol=1e-6)
+    assert with_softmax.logits.max() > 1.0  # logits, not probabilities
+
+
 def test_features_schedule_and_fills() -> None:
     image = features((3, 8, 8), False, 3)
     assert image.count == 9 and image.kind == "image" and image.ids.shape == (3, 8, 8)
