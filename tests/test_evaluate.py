@@ -253,12 +253,12 @@ def test_cli_evaluate(tmp_path) -> None:
     np.savez(data, input=digits("images")[0])
     png = tmp_path / "curves.png"
     runner = CliRunner()
-    done = runner.invoke(main, ["evaluate", CNN, str(data), "--composites", "zero,epsilon_plus", "--baselines",
+    done = runner.invoke(main, ["evaluate", CNN, str(data), "--composites", "zero", "--baselines",
                                 "gradient,random", "--steps", "8", "--samples", "10", "--format", "json",
                                 "--png", str(png)])
     assert done.exit_code == 0, done.output
     report = json.loads(done.stdout)
-    assert [r["method"] for r in report["rows"]] == ["zero", "epsilon_plus", "gradient", "random"]
+    assert [r["method"] for r in report["rows"]] == ["zero", "gradient", "random"]
     assert report["settings"]["samples"] == 10 and report["settings"]["metric"] == "pixel_flipping"
     assert len(report["curves"]["zero"]["morf"]) == 9
     rows = {r["method"]: r for r in report["rows"]}
