@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import onnx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -27,7 +26,7 @@ MODELS = HERE.parent / "models"
 
 def main() -> None:
     """Print one row per shipped model and composite."""
-    print(f"| model | composite | original KB | compiled KB | x original | unused initializers |")
+    print("| model | composite | original KB | compiled KB | x original | unused initializers |")
     print("|---|---|---|---|---|---|")
     for path in sorted(MODELS.glob("*.onnx")):
         original = path.stat().st_size

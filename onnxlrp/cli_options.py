@@ -20,7 +20,7 @@ EXIT_INTERNAL = 3
 
 
 INTEGERS = re.compile(r"\d+(,\d+)*")
-MULTI_VALUE_OPTIONS = ("--target", "-t")  # options that take "K", "K,L" or "K L ..." (integers)
+MULTI_VALUE_OPTIONS = ("--target", "-t")  # of commands with a `targets` option: "K", "K,L" or "K L ..." (integers)
 
 
 def join_multi_values(args: Sequence[str]) -> list:
@@ -48,7 +48,9 @@ class Command(click.Command):
     command's line in `onnxlrp --help` is its short_help in full (wrapped, never cut with '...')."""
 
     def parse_args(self, ctx: click.Context, args: list) -> list:
-        return super().parse_args(ctx, join_multi_values(args))
+        if any(param.name == "targets" for param in self.params):
+            args = join_multi_values(args)
+        return super().parse_args(ctx, args)
 
     def get_short_help_str(self, limit: int = 45) -> str:
         if self.short_help:
