@@ -293,10 +293,15 @@ def test_large_batches_draw_the_first_samples_and_say_so(tmp_path, digits, monke
         assert image.size == layout.size and image.size[1] <= heatmap.MAX_HEIGHT * heatmap.DPI
     assert (layout.samples, layout.total) == (4, 16) and "the first 4 of 16 samples" in layout.title
     monkeypatch.setattr(heatmap, "MAX_SAMPLES", 2)
+    drawn = []
+    original = heatmap.save_heatmap
+    monkeypatch.setattr(heatmap, "save_heatmap", lambda *a, **k: drawn.append(original(*a, **k)) or drawn[-1])
     np.save(tmp_path / "f.npy", digits["flat"][:5])
-    result = _run("explain", MLP, "-i", tmp_path / "f.npy", "--heatmap", tmp_path / "bars.png")
+    result = _run("explain", MLP, "-i", tmp_path / "f.npy", "--heatmap", tmp_path / "bars.png", "-t", 3)
     assert result.exit_code == 0, result.output
     assert result.stderr == "note: the heatmap shows the first 2 of the 5 samples\n"
+    assert [d.title for d in drawn] == ["digits_mlp.onnx: LRP (epsilon_plus) of the class 3 (red: for it, blue: "
+                                        "against) (the first 2 of 5 samples)"]
 
 
 # ---- 11. --help, help texts, the license (demo | head: test_demo.py) ------------------------------------------
