@@ -220,7 +220,7 @@ def _check_reduce(view: NodeView) -> Optional[str]:
     if shape is None:
         return f"the rank of its input {x!r} is not known at compile time"
     if len(view.inputs) > 1 and view.inputs[1] and view.const(view.inputs[1]) is None:
-        return f"its axes input {view.inputs[1]!r} is not a constant"
+        return view.not_constant("its axes input", view.inputs[1])
     axes = reduce_axes(view)
     if axes is None or 0 in axes:
         return "it reduces over the batch axis 0 (relevance would mix samples)"

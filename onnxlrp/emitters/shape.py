@@ -153,7 +153,7 @@ def _check_const_inputs(view: NodeView, first: int = 1) -> Optional[str]:
     """Every input after the data must be a constant (or omitted)."""
     for name in view.inputs[first:]:
         if name and view.const(name) is None and not view.is_relevant(name):
-            return f"its input {name!r} is not a constant"
+            return view.not_constant("its input", name)
     return None
 
 
@@ -183,7 +183,7 @@ def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
 def _check_gather(view: NodeView) -> Optional[str]:
     """Gather moves relevance back when its indices are constant (and it does not gather along the batch axis)."""
     if view.const(view.inputs[1]) is None:
-        return f"its indices {view.inputs[1]!r} are not a constant"
+        return view.not_constant("its indices", view.inputs[1])
     shape = view.shape(view.inputs[0])
     if shape is None:
         return f"the rank of its input {view.inputs[0]!r} is not known at compile time"
@@ -273,7 +273,7 @@ def _check_resize(view: NodeView) -> Optional[str]:
         return "keep_aspect_ratio_policy other than 'stretch' is not supported"
     scales = _scales_input(view)
     if scales and view.const(scales) is None:
-        return f"its scales {scales!r} are not a constant (sizes may be computed)"
+        return view.not_constant("its scales", scales)
     x, y = view.shape(view.inputs[0]), resize_output_shape(view)
     for name, shape in ((view.inputs[0], x), (view.outputs[0], y)):
         if shape is None or any(d is None for d in shape[1:]):
