@@ -181,15 +181,15 @@ def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
 
 
 def _check_gather(view: NodeView) -> Optional[str]:
-    """Gather moves relevance back when its indices are constant (and it does not gather along the batch axis)."""
+    """Gather moves relevance back when its indices are constant, along any static axis but the batch axis."""
     if view.const(view.inputs[1]) is None:
         return view.not_constant("its indices", view.inputs[1])
     shape = view.shape(view.inputs[0])
     if shape is None:
         return f"the rank of its input {view.inputs[0]!r} is not known at compile time"
     axis = view.attr("axis", 0) % len(shape)
-    if axis == 0:
-        return "it gathers along the batch axis 0 (relevance would mix samples)"
+    if axis == view.index.batch_axis(view.inputs[0]):
+        return f"it gathers along the batch axis {axis} of {view.inputs[0]!r} (relevance would mix samples)"
     if shape[axis] is None:
         return f"axis {axis} of its input {view.inputs[0]!r} is not known at compile time"
     return None
@@ -197,15 +197,28 @@ def _check_gather(view: NodeView) -> Optional[str]:
 
 @register("Gather", group="shape", rules=(Pass,), check=_check_gather)
 def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """R_x[.., i, ..] = sum of R_y over the positions whose index is i (repeated indices add up)."""
+    """R_x[.., i, ..] = sum of R_y over the positions whose index is i (repeated indices add up), along any axis
+    (the other axes may be dynamic): the index axes of R_y are flattened into one, then moved back."""
     x = view.inputs[0]
     shape = view.shape(x)
     rank = len(shape)
     axis = view.attr("axis", 0) % rank
     indices = view.const(view.inputs[1]).astype(np.int64)
     flat = np.where(indices < 0, indices + shape[axis], indices).reshape(-1)
-    rest = _static_dims(view, x, range(axis + 1, rank), "Gather moves relevance back along it")[axis + 1:]
-    R_flat = b.op("Reshape", [R[0], b.ints([0] * axis + [flat.size] + [int(d) for d in rest])], "R_flat")
+    if indices.ndim == 1:
+        R_flat = R[0]
+    elif indices.ndim == 0:
+        R_flat = b.unsqueeze(R[0], [axis], "R_flat")
+    else:
+        rest = shape[axis + 1:]
+        if all(d is not None for d in rest):
+            target = b.ints([0] * axis + [flat.size] + [int(d) for d in rest])
+        else:  # copy the dims after the index axes from R_y itself
+            r_shape = b.op("Shape", [R[0]], "R_shape")
+            tail = b.op("Slice", [r_shape, b.ints([axis + indices.ndim]), b.ints([rank - 1 + indices.ndim])],
+                        "R_tail")
+            target = b.op("Concat", [b.ints([0] * axis + [flat.size]), tail], "R_target", axis=0)
+        R_flat = b.op("Reshape", [R[0], target], "R_flat")
     return Emitted([move_back(b, R_flat, axis, rank, flat, shape[axis]), None])
 
 
