@@ -413,3 +413,87 @@ def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
         split = b.op("Reshape", [back, b.ints([0] + block_shape, "blocks")], "R_blocks")
         back = b.reduce("ReduceSum", split, block_axes, keepdims=False, hint="R_x")
     return Emitted([back] + [None] * (len(view.inputs) - 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tile, GatherND
+def _check_tile(view: NodeView) -> Optional[str]:
+    """Tile: constant repeats, the batch axis not repeated, static sizes where it repeats (one unknown size kept)."""
+    x, repeats = view.inputs[0], view.inputs[1]
+    if view.const(repeats) is None:
+        return view.not_constant("its repeats", repeats)
+    shape = view.shape(x)
+    if shape is None:
+        return f"the rank of its input {x!r} is not known at compile time"
+    reps = view.const(repeats).reshape(-1).tolist()
+    batch = view.index.batch_axis(x)
+    if batch is not None and reps[batch] != 1:
+        return f"it repeats the batch axis {batch} of {x!r} (relevance would mix samples)"
+    unknown = [a for a, d in enumerate(shape) if d is None]
+    if any(reps[a] != 1 for a in unknown) or len(unknown) > 1:
+        return f"axis {unknown[-1]} of its input {x!r} is not known at compile time"
+    return None
+
+
+@register("Tile", group="shape", rules=(Pass,), check=_check_tile)
+def emit_tile(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x = the sum of R_y over the copies: each repeated axis of size r * d is split into (r, d) and the r
+    copies are summed (the transpose of copying)."""
+    x = view.inputs[0]
+    shape = view.shape(x)
+    reps = [int(r) for r in view.const(view.inputs[1]).reshape(-1)]
+    target, copies = [], []
+    for axis, (d, r) in enumerate(zip(shape, reps)):
+        if r != 1:
+            copies.append(len(target))
+            target.append(r)
+        target.append(-1 if d is None else int(d))
+    if not copies:
+        return Emitted([R[0], None])
+    split = b.op("Reshape", [R[0], b.ints(target, "tiles")], "R_tiles")
+    return Emitted([b.reduce("ReduceSum", split, copies, keepdims=False, hint="R_x"), None])
+
+
+def _check_gather_nd(view: NodeView) -> Optional[str]:
+    """GatherND: constant indices, static batch and indexed axes, not indexing the batch axis itself."""
+    x, indices = view.inputs[0], view.inputs[1]
+    if view.const(indices) is None:
+        return view.not_constant("its indices", indices)
+    shape = view.shape(x)
+    if shape is None:
+        return f"the rank of its input {x!r} is not known at compile time"
+    batch_dims = view.attr("batch_dims", 0)
+    depth = view.const(indices).shape[-1]
+    if batch_dims == 0 and view.index.batch_axis(x) == 0:
+        return f"it indexes the batch axis 0 of {x!r} (batch_dims=0: relevance would mix samples)"
+    unknown = [a for a in range(batch_dims + depth) if shape[a] is None]
+    if unknown:
+        return f"axis {unknown[0]} of its input {x!r} is not known at compile time"
+    if sum(d is None for d in shape[batch_dims + depth:]) > 1:
+        return f"more than one axis of {x!r} after the indexed ones is unknown at compile time"
+    return None
+
+
+@register("GatherND", group="shape", rules=(Pass,), check=_check_gather_nd)
+def emit_gather_nd(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x = J^T R_y with J the selection: per batch entry B, R_x[B, p, ...] = sum over the gathered slices m with
+    position p of R_y[B, m, ...] (repeated positions add up), as one batched MatMul with a one-hot (B, P, M) matrix
+    built at compile time."""
+    x = view.inputs[0]
+    shape = view.shape(x)
+    indices = view.const(view.inputs[1]).astype(np.int64)
+    batch_dims = view.attr("batch_dims", 0)
+    depth = indices.shape[-1]
+    lead = [int(d) for d in shape[:batch_dims]]
+    indexed = [int(d) for d in shape[batch_dims: batch_dims + depth]]
+    n_batch, n_pos = int(np.prod(lead)), int(np.prod(indexed))
+    picks = indices.reshape(n_batch, -1, depth)  # (B, M, depth)
+    positions = np.ravel_multi_index(tuple(np.mod(picks[..., k], indexed[k]) for k in range(depth)), indexed)
+    one_hot = np.zeros((n_batch, n_pos, picks.shape[1]))
+    for batch in range(n_batch):
+        np.add.at(one_hot[batch], (positions[batch], np.arange(picks.shape[1])), 1.0)
+    rest = shape[batch_dims + depth:]
+    rest_size = -1 if any(d is None for d in rest) else int(np.prod([int(d) for d in rest]))
+    R_rows = b.op("Reshape", [R[0], b.ints([n_batch, picks.shape[1], rest_size])], "R_rows")
+    back = b.op("MatMul", [b.const(one_hot, hint="gather_nd_T"), R_rows], "R_back")
+    return Emitted([b.op("Reshape", [back, b.op("Shape", [x], "x_shape")], "R_x"), None])
