@@ -6,8 +6,8 @@ from typing import Optional
 
 import click
 
-from .cli_options import (command, format_option, model_argument, output_option, parse_sets, set_option,
-                          target_argument, target_option)
+from .cli_options import (check_output_file, command, format_option, model_argument, output_option, parse_sets,
+                          parse_targets, set_option, target_option)
 
 
 def _names(text: str) -> list:
@@ -69,12 +69,13 @@ def evaluate_cmd(model, data, composites, baselines, metric, patch, steps, fill,
     from .graph import load_model
     from .inputs import load_inputs
     from .render import to_csv, to_json
+    check_output_file(png, "--png")
     source = load_model(model)
     initializers = {t.name for t in source.graph.initializer}
     names = [i.name for i in source.graph.input if i.name not in initializers]
     inputs = load_inputs(data, names)
     result = evaluate(source, inputs, composites=_names(composites), baselines=_names(baselines), metric=metric,
-                      patch=patch, steps=steps, fill=fill, samples=samples, target=target_argument(targets),
+                      patch=patch, steps=steps, fill=fill, samples=samples, target=parse_targets(targets),
                       input_name=input_name, output=output_name, params=parse_sets(sets), ig_steps=ig_steps,
                       ig_baseline=ig_baseline, smoothgrad_samples=smoothgrad_samples, noise=noise,
                       mask_token=mask_token, blur_sigma=blur_sigma, seed=seed, batch_rows=batch_rows)
