@@ -22,7 +22,7 @@ def _chosen_format(fmt: Optional[str]) -> str:
     return "table" if hasattr(sys.stdout, "isatty") and sys.stdout.isatty() else "csv"
 
 
-@command("evaluate")
+@command("evaluate", short_help="How faithful is each explanation? Perturbation curves.")
 @model_argument
 @click.argument("data", type=click.Path())
 @click.option("--composites", default="epsilon_plus", show_default=True,
