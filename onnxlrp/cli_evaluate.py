@@ -30,7 +30,7 @@ def _chosen_format(fmt: Optional[str]) -> str:
 @click.option("--baselines", default="gradient,integrated_gradients,smoothgrad,random", show_default=True,
               help="Comma-separated baselines: gradient, integrated_gradients, smoothgrad, random; '' for none.")
 @click.option("--metric", type=click.Choice(["pixel_flipping", "region_perturbation"]), default="pixel_flipping",
-              show_default=True)
+              show_default=True, help="Remove every feature in --steps steps, or one region per step.")
 @click.option("--patch", type=int, default=None,
               help="Feature size: p x p patches of an image, p values of a flat input, p tokens "
                    "[default: 1; 2 for region_perturbation].")
