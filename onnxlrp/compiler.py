@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -18,6 +18,7 @@ from .emitters import NodeView, accepted_rules, lookup
 from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, UnsupportedModelError
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
 from .shapes import annotate_shapes, check_model
+from .specialise import NeedsStaticSize, StaticSizeError, specialise, static_size_hint
 
 METADATA_KEY = "onnxlrp"
 # graph outputs that carry forward values or the seed, not relevance: _unscale_outputs leaves them alone
@@ -181,7 +182,8 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
             continue
         reason = spec.check(view) if spec.check else None
         if reason:
-            problems.append(NodeProblem(node.op_type, node.name, reason))
+            hint = static_size_hint(model) if isinstance(reason, NeedsStaticSize) else ""
+            problems.append(NodeProblem(node.op_type, node.name, reason, hint))
             continue
         plan.specs[node.name] = spec
         assignable.append((node.op_type, spec.group(view), node.name))
@@ -256,14 +258,18 @@ def _blame_inconsistent_models(fn):
 @_blame_inconsistent_models
 def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Composite] = "epsilon_plus", *,
             params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
-            node_relevance: Union[None, str, Sequence[str]] = None) -> onnx.ModelProto:
+            node_relevance: Union[None, str, Sequence[str]] = None,
+            shapes: Optional[Mapping[str, Sequence[Optional[int]]]] = None) -> onnx.ModelProto:
     """Compile a model into one graph computing its outputs plus the LRP relevance of every float input,
-    the bias relevance of every biased node, the stabilizer share and the total (seed) per sample."""
+    the bias relevance of every biased node, the stabilizer share and the total (seed) per sample. The compiled
+    graph accepts every input size the model accepts; `shapes` ({input: dims}, -1 for an axis left dynamic)
+    specialises it to one size first."""
     if init not in ("logit", "one"):
         raise OnnxLrpError(f"init must be 'logit' or 'one', got {init!r}")
     source = load_model(model)
     if METADATA_KEY in {p.key for p in source.metadata_props}:
         raise OnnxLrpError("this model is already compiled by onnxlrp; compile the original model instead")
+    specialise(source, shapes)
     comp = load_composite(composite, params)
     canon = canonicalize(source)
     plan = plan_model(canon, comp, output)
@@ -291,7 +297,8 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         try:
             emitted = plan.specs[node.name].fn(b, plan.views[node.name], rule, outs)
         except OnnxLrpError as exc:
-            raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}") from None
+            hint = f" [{static_size_hint(source)}]" if isinstance(exc, StaticSizeError) else ""
+            raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}{hint}") from None
         except Exception as exc:  # an emitter bug must still name the node
             raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}) failed to compile: "
                                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc

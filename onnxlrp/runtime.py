@@ -104,14 +104,17 @@ class Explainer:
     def __init__(self, model: Union[ModelLike, onnx.ModelProto], composite: str = "epsilon_plus", *,
                  params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
-                 session_options=None) -> None:
+                 session_options=None, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> None:
         import onnxruntime as ort
         proto = source = load_model(model)
         meta = compiled_metadata(proto)
         if meta is None:
             proto = compile_model(proto, composite, params=params, output=output, init=init,
-                                  node_relevance=node_relevance)
+                                  node_relevance=node_relevance, shapes=shapes)
             meta = compiled_metadata(proto)
+        elif shapes:
+            raise OnnxLrpError("shapes= specialises a model while compiling it; this model is already compiled "
+                               "(compile the original with shapes=, or pass the compiled one without it)")
         self.model = proto
         self.meta = meta
         options = session_options or ort.SessionOptions()
