@@ -18,6 +18,7 @@ from .emitters import NodeView, accepted_rules, lookup
 from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, UnsupportedModelError
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
 from .shapes import annotate_shapes, check_model
+from .targets import MASK_INPUT, mask_input_info, masked_seed
 from .specialise import NeedsStaticSize, StaticSizeError, specialise, static_size_hint
 
 METADATA_KEY = "onnxlrp"
@@ -206,9 +207,9 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     return plan
 
 
-def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
-    """Initial relevance: the explained value at the target (logit) or one-hot (one), divided by its magnitude;
-    returns (unit seed, total, (N,) scale)."""
+def _seed(b: GraphBuilder, explained: str, init: str, rank: Optional[int] = None) -> tuple:
+    """Initial relevance: the explained value at the target (logit) or one-hot (one), or the target mask times the
+    explained value (or the mask), divided by its magnitude; returns (unit seed, total, (N,) scale)."""
     flat = b.op("Reshape", [explained, b.ints([0, -1])], "y_flat")
     target = TARGET_INPUT
     argmax = b.op("ArgMax", [flat], "argmax", axis=1, keepdims=0)
@@ -219,6 +220,7 @@ def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
     is_target = b.op("Equal", [b.unsqueeze(chosen, [1], "target_col"), classes], "is_target")
     value = flat if init == "logit" else b.const(1.0)
     seed_flat = b.op("Where", [is_target, value, b.const(0.0)], "seed_flat")
+    seed_flat = masked_seed(b, explained, value, seed_flat, rank)  # lrp_target_mask, where one is given
     total = b.reduce("ReduceSum", seed_flat, [1], keepdims=False, hint="total")
     # Relevance is linear in the seed (every rule maps R linearly for a fixed forward pass), so the backward pass
     # runs on a unit seed, seed / |total| per sample, and _unscale_outputs multiplies every relevance output back.
@@ -281,7 +283,8 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
     b = GraphBuilder(canon, opset_version(canon), dtype)
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     b.foreign = {name for name, info in index.infos.items() if info.is_float and info.elem_type != elem}
-    seed, total, plan.seed_scale = _seed(b, plan.explained, init)
+    explained_rank = len(explained_info.shape) if explained_info.shape is not None else None
+    seed, total, plan.seed_scale = _seed(b, plan.explained, init, explained_rank)
     contributions: dict = {plan.explained: [seed]}
     bias_values, stab_values = {}, []
     relevance_of: dict = {}
@@ -322,6 +325,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     elem = helper.np_dtype_to_tensor_dtype(b.dtype)
     meta = {"version": __version__, "composite": comp.name, "params": comp.params, "init": init,
             "output": plan.output, "explained": plan.explained, "target_input": TARGET_INPUT,
+            "target_mask_input": MASK_INPUT,
             "relevance": {}, "bias": {}, "stabilizer": "lrp/stabilizer", "total": "lrp/total",
             "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
             "rules": {name: rule.describe() for name, rule in plan.rules.items()},
@@ -370,6 +374,8 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     if batch is not None:
         target_vi.type.tensor_type.shape.dim[0].CopyFrom(batch)
     graph.input.append(target_vi)
+    explained_shape = index.info(plan.explained).shape
+    graph.input.append(mask_input_info(elem, len(explained_shape) if explained_shape is not None else None))
     graph.output.extend(outputs)
     model.ir_version = source.ir_version
     annotate_shapes(model)
