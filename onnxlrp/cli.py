@@ -67,6 +67,76 @@ def image_options(fn):
     return fn
 
 
+def shape_option(fn):
+    """--shape: compile the model for one input size (its dynamic dims fixed)."""
+    return click.option("--shape", "shapes", multiple=True, metavar="[NAME=]D0,D1,...",
+                        help="Compile for this input size (repeatable, one per input; -1 keeps an axis dynamic), "
+                             "for ops that need a static size.")(fn)
+
+
+def parse_model_shapes(model: str, values: Sequence[str]) -> Optional[dict]:
+    """--shape values into {input name: dims} for the model's inputs (-1 keeps an axis dynamic)."""
+    if not values:
+        return None
+    from .graph import load_model
+    from .specialise import graph_input_names
+    names = graph_input_names(load_model(model))
+    shapes = {}
+    for item in values:
+        name, _, dims = item.rpartition("=")
+        if not name:
+            if len(names) != 1:
+                raise OnnxLrpError(f"the model has {len(names)} inputs ({', '.join(names)}): use --shape NAME=DIMS")
+            name = names[0]
+        shapes[name] = parse_ints(dims, "--shape")
+    return shapes
+
+
+def parse_ints(text: str, option: str, count: Optional[int] = None) -> list:
+    """Comma-separated ints of an option ('1,3,48,192'), `count` of them when given."""
+    try:
+        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise OnnxLrpError(f"{option} expects comma-separated integers, got {text!r}") from None
+    if not values or (count is not None and len(values) != count):
+        raise OnnxLrpError(f"{option} expects {count or 'some'} comma-separated integers, got {text!r}")
+    return values
+
+
+def mask_options(fn):
+    """--region, --channel, --anchor, --mask: explain the sum of a dense output over a mask (see targets.py)."""
+    fn = click.option("--mask", "mask_file", default=None, type=click.Path(dir_okay=False),
+                      help="Explain sum(M * output) for the mask M in this .npy (shaped like the explained output, "
+                           "or without its batch axis).")(fn)
+    fn = click.option("--anchor", default=None, metavar="A,C",
+                      help="Explain entry C of anchor A of a detection output (N, C, A) or (N, A, C); YOLOv8's "
+                           "class k is entry 4 + k.")(fn)
+    fn = click.option("--channel", default=None, type=int,
+                      help="Explain the sum of one channel (axis 1) of the output (with --region: over it).")(fn)
+    fn = click.option("--region", default=None, metavar="Y0,Y1,X0,X1",
+                      help="Explain the sum of the output map over rows Y0..Y1-1 and columns X0..X1-1.")(fn)
+    return fn
+
+
+def mask_arguments(region: Optional[str], channel: Optional[int], anchor: Optional[str],
+                   mask_file: Optional[str]) -> dict:
+    """The explain() keyword arguments of the mask options."""
+    arguments = {}
+    if region is not None:
+        arguments["region"] = parse_ints(region, "--region", 4)
+    if channel is not None:
+        arguments["channel"] = channel
+    if anchor is not None:
+        arguments["anchor"] = tuple(parse_ints(anchor, "--anchor", 2))
+    if mask_file is not None:
+        try:
+            arguments["target_mask"] = np.load(mask_file, allow_pickle=False)
+        except Exception as exc:
+            raise OnnxLrpError(f"cannot read the --mask file {mask_file} (a .npy array): "
+                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return arguments
+
+
 def read_inputs(explainer, input_file: str, size: Optional[str], mean: Optional[str], std: Optional[str]) -> dict:
     """The batch in input_file (.npy, .npz or an image preprocessed for the explainer's single input)."""
     from .inputs import load_inputs, options_for_shape, parse_floats, parse_size
@@ -89,13 +159,14 @@ def main() -> None:
 @output_option
 @click.option("--init", type=click.Choice(["logit", "one"]), default="logit", show_default=True)
 @click.option("--node-relevance", default=None, help="'sums', 'all', or comma-separated tensor names.")
-def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) -> None:
+@shape_option
+def compile_cmd(model, out, composite, sets, output_name, init, node_relevance, shapes) -> None:
     """Compile MODEL into an augmented ONNX model (forward + relevance in one graph)."""
     from .compiler import compile as compile_model
     from .io import save_model
     nodes = node_relevance if node_relevance in (None, "sums", "all") else node_relevance.split(",")
     compiled = compile_model(model, composite, params=parse_sets(sets), output=output_name, init=init,
-                             node_relevance=nodes)
+                             node_relevance=nodes, shapes=parse_model_shapes(model, shapes))
     save_model(compiled, out)
     outputs = [o.name for o in compiled.graph.output]
     click.echo(f"wrote {out}: {len(compiled.graph.node)} nodes, outputs: {', '.join(outputs)}")
@@ -116,21 +187,28 @@ def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) 
 @click.option("--overlay", is_flag=True, help="Heatmap: draw the relevance over the input image, not beside it.")
 @click.option("--feature-names", default=None, type=click.Path(dir_okay=False),
               help="Heatmap of flat inputs: a text file with one feature name per line.")
+@mask_options
+@shape_option
 def explain_cmd(model, input_file, targets, composite, sets, output_name, out, top, size, mean, std, heatmap,
-                overlay, feature_names) -> None:
+                overlay, feature_names, region, channel, anchor, mask_file, shapes) -> None:
     """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
     from .report import conservation_line, top_positions
     from .runtime import Explainer
-    explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name)
+    explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name,
+                          shapes=parse_model_shapes(model, shapes))
     inputs = read_inputs(explainer, input_file, size, mean, std)
     target = None if not targets else (targets[0] if len(targets) == 1 else list(targets))
-    exp = explainer.explain(inputs, target)
+    exp = explainer.explain(inputs, target, **mask_arguments(region, channel, anchor, mask_file))
     n = exp.total.shape[0]
     click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}")
     for i in range(min(n, 8)):
         logits = exp.output.reshape(n, -1)[i]
-        click.echo(f"sample {i}: predicted {int(logits.argmax())}, explained target {int(exp.target[i])} "
-                   f"(output {float(logits[exp.target[i]]):.6g})")
+        if exp.target_mask is not None:
+            click.echo(f"sample {i}: explained sum(mask * output) over {int(np.count_nonzero(exp.target_mask[i]))} "
+                       f"output entries = {float(exp.total[i]):.6g}")
+        else:
+            click.echo(f"sample {i}: predicted {int(logits.argmax())}, explained target {int(exp.target[i])} "
+                       f"(output {float(logits[exp.target[i]]):.6g})")
         click.echo("  " + conservation_line(exp, i))
         for name, rel in exp.relevance.items():
             positions = ", ".join(f"{idx}: {val:+.4g}" for idx, val in top_positions(rel[i], top))
