@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+INT_TYPES = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
 Dims = Optional[list]  # entries: int, or None where only the run time knows it; None: not even the length is known
 MAX_ROUNDS = 4
 MAX_DEPTH = 12
@@ -24,20 +25,30 @@ class ShapeValues:
     def __init__(self, graph: onnx.GraphProto, shapes: dict) -> None:
         self.shapes = shapes  # value name -> tuple of int | None (or None when the rank is unknown)
         self.producer = {o: n for n in graph.node for o in n.output if o}
-        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer
-                          if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)}
+        # small int tensors, converted when first read
+        self._tensors = {t.name: t for t in graph.initializer if t.data_type in INT_TYPES and _small(t)}
         for node in graph.node:
             if node.op_type == "Constant":
                 for attr in node.attribute:
-                    if attr.name == "value" and attr.t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
-                        self.constants[node.output[0]] = numpy_helper.to_array(attr.t)
+                    if attr.name == "value" and attr.t.data_type in INT_TYPES and _small(attr.t):
+                        self._tensors[node.output[0]] = attr.t
                     elif attr.name in ("value_int", "value_ints"):
-                        self.constants[node.output[0]] = np.asarray(helper.get_attribute_value(attr), np.int64)
+                        self._tensors[node.output[0]] = numpy_helper.from_array(
+                            np.asarray(helper.get_attribute_value(attr), np.int64))
+        self._values: dict = {}
+
+    def constant(self, name: str) -> Optional[np.ndarray]:
+        """A small int constant's values, None if `name` is none."""
+        if name not in self._values:
+            tensor = self._tensors.get(name)
+            self._values[name] = None if tensor is None else numpy_helper.to_array(tensor)
+        return self._values[name]
 
     def ints(self, name: str, depth: int = 0) -> Dims:
         """The entries of a 0-D/1-D int tensor (None entries where unknown), None when its length is unknown."""
-        if name in self.constants:
-            return [int(v) for v in np.asarray(self.constants[name]).reshape(-1)]
+        const = self.constant(name)
+        if const is not None:
+            return [int(v) for v in np.asarray(const).reshape(-1)]
         node = self.producer.get(name)
         if node is None or depth > MAX_DEPTH:
             return self._unknown(name)
@@ -96,6 +107,11 @@ class ShapeValues:
         functions = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v,
                      "Div": lambda u, v: int(u / v) if v else None}
         return [None if u is None or v is None else functions[op](u, v) for u, v in zip(a, b)]
+
+
+def _small(tensor: onnx.TensorProto) -> bool:
+    """True for a tensor of at most 64 values (a shape or index vector, not a weight)."""
+    return int(np.prod(tensor.dims)) <= 64
 
 
 def reshape_output(values: ShapeValues, node: onnx.NodeProto) -> Optional[tuple]:
