@@ -17,6 +17,8 @@ PACKAGES = {"cls": ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_inf
             "rec": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx"),
             "yolo": ("nudenet", "320n.onnx")}
 INSTALL = "pip install --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 (make test does)"
+# the detector's class scores (N, 18, anchors), rows 4.. of its output (N, 22, anchors), as the Sigmoid writes them
+YOLO_SCORES = "/model.22/Sigmoid_output_0"
 # NudeNet 3.4's 18 classes, in the order of the detector's rows 4..21
 YOLO_CLASSES = ("FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
                 "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED",

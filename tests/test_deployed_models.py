@@ -1,6 +1,7 @@
 """Models as deployed, end to end as a user runs them (tests/deployed.py): the models that rapidocr-onnxruntime 1.4.4
 ships (paddle2onnx exports with dynamic height and width, hard-swish as x * Clip(x + 3, 0, 6) / 6, HardSigmoid SE
-gates), compiled as they are, on text rendered with Pillow. For each: the explained output is the model's own
+gates), compiled as they are, on text rendered with Pillow, and nudenet 3.4.2's YOLOv8n (PyTorch 2.3 export, SiLU
+gates, anchor offsets computed from shapes) on a face drawn with Pillow. For each: the explained output is the model's own
 (checked against onnxruntime on the original file), the identity total = inputs + biases + stabilizer holds to
 float32 precision, and the relevance lies where the explained text is."""
 from __future__ import annotations
@@ -10,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 import onnxlrp
-from deployed import model_path, paddle_input, render_page, render_text
+from deployed import YOLO_CLASSES, YOLO_SCORES, model_path, paddle_input, render_page, render_text, yolo_input
 
 IDENTITY = 1e-5
 
@@ -70,3 +71,30 @@ def test_detector_region_of_the_probability_map(detector):
     box = detector.explain(x, region=(y0, y1, x0, x1))
     np.testing.assert_allclose(box.total, exp.output[0, 0, y0:y1, x0:x1].astype(np.float64).sum(), rtol=1e-5)
     assert np.all(box.conservation()["relative_error"] < IDENTITY)
+
+
+def test_yolo_face_score_of_one_anchor():
+    """YOLOv8n's class scores (N, 18, anchors; the detection tensor's rows 4..) on a drawn face: the best face
+    score's anchor is explained with anchor=(a, class); the explained logits are the ones the original model's
+    Sigmoid reads; the identity holds; the relevance lies on the face."""
+    from PIL import Image, ImageDraw
+    image = Image.new("RGB", (320, 320), (200, 170, 150))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((100, 60, 220, 210), fill=(230, 190, 160))
+    for left in (130, 170):
+        draw.ellipse((left, 110, left + 20, 125), fill="black")
+    x = yolo_input(np.asarray(image))
+    explainer = onnxlrp.Explainer(str(model_path("yolo")), "epsilon_plus", output=YOLO_SCORES)
+    detections = _session("yolo").run(None, {"images": x})[0]
+    probe = explainer.explain(x, target=0)
+    np.testing.assert_allclose(1 / (1 + np.exp(-probe.output.astype(np.float64))), detections[:, 4:], atol=1e-4)
+    faces = [YOLO_CLASSES.index("FACE_FEMALE"), YOLO_CLASSES.index("FACE_MALE")]
+    rows = probe.output[0, faces]
+    k, anchor = np.unravel_index(np.argmax(rows), rows.shape)
+    exp = explainer.explain(x, anchor=(int(anchor), faces[k]))
+    np.testing.assert_allclose(exp.total, probe.output[0, faces[k], anchor], rtol=1e-5)
+    assert np.all(exp.conservation()["relative_error"] < IDENTITY)
+    heat = np.abs(exp.relevance["images"][0]).sum(axis=0)
+    yy, xx = np.mgrid[:320, :320]
+    face = ((yy - 135) / 75) ** 2 + ((xx - 160) / 60) ** 2 <= 1.2
+    assert heat[face].sum() > heat[~face].sum()
