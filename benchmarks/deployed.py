@@ -106,14 +106,17 @@ def _specialised(model: onnx.ModelProto, name: str, shape: tuple) -> onnx.ModelP
 def pictures() -> None:
     """Heatmaps over the image for each deployed model, and the identity of each explanation."""
     from onnxlrp.heatmap import save_heatmap
-    PICTURES.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+    (PICTURES / "inputs").mkdir(parents=True, exist_ok=True)
     line = render_text("Relevance 2024 deployed")
+    Image.fromarray(line).save(PICTURES / "inputs" / "line.png")
     x = paddle_input(line, 48, 192)
     exp = onnxlrp.Explainer(str(model_path("cls"))).explain(x)
     _report("cls", f"class {int(exp.target[0])} ('0' = upright)", exp)
     save_heatmap(PICTURES / "cls.png", exp.relevance["x"], x, title="direction classifier: class 0 (upright)")
 
     page, boxes = render_page(["Layer-wise relevance", "for every pixel 42"], 160, 320)
+    Image.fromarray(page).save(PICTURES / "inputs" / "page.png")
     x = paddle_input(page, 160)
     detector = onnxlrp.Explainer(str(model_path("det")))
     y0, y1, x0, x1 = boxes[0]
@@ -121,6 +124,7 @@ def pictures() -> None:
     probability = 1 / (1 + np.exp(-np.clip(logits, -50, 50)))
     mask = np.zeros_like(probability)
     mask[:, :, y0:y1, x0:x1] = probability[:, :, y0:y1, x0:x1] > 0.3
+    np.save(PICTURES / "inputs" / "line1.npy", mask[0].astype(np.uint8))
     exp = detector.explain(x, target_mask=mask)
     _report("det", f"the {int(mask.sum())} pixels of line 1 with probability > 0.3", exp)
     save_heatmap(PICTURES / "det.png", exp.relevance["x"], x, title="detector: the text pixels of line 1")
@@ -141,6 +145,7 @@ def _yolo(save_heatmap) -> None:
     draw.ellipse((130, 110, 150, 125), fill="black")
     draw.ellipse((170, 110, 190, 125), fill="black")
     draw.arc((135, 150, 185, 185), 20, 160, fill=(120, 40, 40), width=4)
+    image.save(PICTURES / "inputs" / "face.png")
     x = yolo_input(np.asarray(image))
     explainer = onnxlrp.Explainer(str(model_path("yolo")), output=YOLO_SCORES)
     logits = explainer.explain(x, target=0).output[0]  # (classes, anchors), before the Sigmoid
