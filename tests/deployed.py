@@ -3,7 +3,7 @@ rapidocr-onnxruntime 1.4.4's three PaddleOCR models (paddle2onnx exports, dynami
 3.4.2's YOLOv8n detector (PyTorch 2.3 export, dynamic height and width), and the inputs a user would give them:
 text rendered with Pillow, preprocessed as RapidOCR and NudeNet do.
 
-Shared by tests/test_deployed_models.py and benchmarks/deployed.py.
+Shared by tests/test_deployed_models.py and benchmarks/deployed_models.py.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Models as deployed (tests/deployed.py: PaddleOCR from rapidocr-onnxruntime 1.4.4, YOLOv8n from nudenet 3.4.2):
 explanation / forward pass, and the heatmap pictures of README's "Models as deployed" section.
 
-    python benchmarks/deployed.py               # speed table, then pictures into docs/deployed/
-    python benchmarks/deployed.py --speed       # only the table
-    python benchmarks/deployed.py --pictures    # only the pictures (and the identity of each)
+    python benchmarks/deployed_models.py               # speed table, then pictures into docs/deployed/
+    python benchmarks/deployed_models.py --speed       # only the table
+    python benchmarks/deployed_models.py --pictures    # only the pictures (and the identity of each)
 
 Speed: onnxlrp.bench.run_bench (a fresh process, one shared thread pool, medians of interleaved rounds) on the
 shape-generic compiled file, batch 1, at the size given. The arithmetic floor is counted as in README's Performance
@@ -35,13 +35,15 @@ SPEED = [("det", "x", (1, 3, 640, 640), None), ("yolo", "images", (1, 3, 320, 32
 COMPOSITES = ("epsilon_plus", "epsilon")
 
 
-def macs(model: onnx.ModelProto) -> int:
-    """Multiply-accumulates of the Conv, ConvTranspose, MatMul and Gemm nodes of a model with static shapes."""
+def macs(model: onnx.ModelProto, batch: int = 1) -> int:
+    """Multiply-accumulates of the Conv, ConvTranspose, MatMul and Gemm nodes of a model with static shapes (the
+    relevance tensors' batch axis, which inference leaves symbolic, is `batch`); a node whose sizes are unknown
+    raises."""
     inferred = shape_inference.infer_shapes(onnxlrp.shapes.weightless(model), data_prop=True)
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = [batch] + dims[1:] if dims and dims[0] == 0 else dims
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
     total = 0
     for node in inferred.graph.node:
@@ -49,8 +51,8 @@ def macs(model: onnx.ModelProto) -> int:
         if node.op_type in ("Conv", "ConvTranspose"):
             w = shapes.get(node.input[1]) or []
             data = shapes.get(node.input[0] if node.op_type == "ConvTranspose" else node.output[0]) or []
-            if not w or not data:
-                continue
+            if not w or not data or 0 in w + data:
+                raise ValueError(f"the sizes of {node.op_type} {node.name!r} are unknown")
             # Conv: output entries x (Cin/g x kernel); ConvTranspose: input entries x (Cout/g x kernel)
             total += int(np.prod(data)) * int(np.prod(w[1:]))
         elif node.op_type in ("MatMul", "Gemm"):
