@@ -43,8 +43,11 @@ def _check_add(view: NodeView) -> Optional[str]:
     broadcast)."""
     if _constant_operand(view):
         return _check_broadcast(view)
-    if any(not view.is_relevant(n) for n in view.inputs) and runtime_offset(view) is None:
-        return "an operand is computed at run time but carries no relevance"
+    silent = [n for n in view.inputs if not view.is_relevant(n)]
+    if silent and runtime_offset(view) is None:
+        from ..fold import why_not_constant
+        return (f"its operand {silent[0]!r} is computed at run time but carries no relevance "
+                f"({why_not_constant(view.index, silent[0])})")
     return _check_ranks(view)
 
 
