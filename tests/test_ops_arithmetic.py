@@ -260,7 +260,7 @@ def test_runtime_offset_is_a_bias(op, offset_first):
     nodes = [mk("Shape", ["x"], ["s"]), mk("Gather", ["s", "ax"], ["w"]), mk("Squeeze", ["w"], ["wn"]),
              mk("Range", ["zero", "wn", "one"], ["r"]), mk("Cast", ["r"], ["o"], to=1),
              mk(op, ["o", "x"] if offset_first else ["x", "o"], ["y"], name="offset_op")]
-    model = make_model(nodes, [tensor("x", ["N", 3, 5])], [tensor("y", [None] * 3)], inits)
+    model = make_model(nodes, [tensor("x", ["N", 3, "W"])], [tensor("y", [None] * 3)], inits)  # W: not foldable
     g = rng(14)
     x = g.normal(size=(2, 3, 5)).astype(np.float32)
     y = forward(model, {"x": x})[0].astype(np.float64)
