@@ -45,14 +45,20 @@ def macs(model: onnx.ModelProto, batch: int = 1) -> int:
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
         shapes[vi.name] = [batch] + dims[1:] if dims and dims[0] == 0 else dims
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    producers = {o: n for n in inferred.graph.node for o in n.output}
     total = 0
     for node in inferred.graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type in ("Conv", "ConvTranspose"):
             w = shapes.get(node.input[1]) or []
             data = shapes.get(node.input[0] if node.op_type == "ConvTranspose" else node.output[0]) or []
+            x_shape = _known_shape(node.input[0], shapes, producers)
+            if node.op_type == "ConvTranspose":
+                data = x_shape
+            if node.op_type == "Conv" and (not data or 0 in data) and w and len(x_shape) == len(w) and 0 not in x_shape:
+                data = _conv_output(x_shape, w, attrs)  # inference lost it (a seed's Reshape)
             if not w or not data or 0 in w + data:
-                raise ValueError(f"the sizes of {node.op_type} {node.name!r} are unknown")
+                raise ValueError(f"the sizes of {node.op_type} {node.name!r} are unknown: {w} {data} {x_shape}")
             # Conv: output entries x (Cin/g x kernel); ConvTranspose: input entries x (Cout/g x kernel)
             total += int(np.prod(data)) * int(np.prod(w[1:]))
         elif node.op_type in ("MatMul", "Gemm"):
@@ -61,6 +67,40 @@ def macs(model: onnx.ModelProto, batch: int = 1) -> int:
                 inner = a[-2] if node.op_type == "Gemm" and attrs.get("transA") else a[-1]
                 total += int(np.prod(y)) * inner
     return total
+
+
+ELEMENTWISE = ("Div", "Mul", "Add", "Sub", "Where", "Cast", "Relu", "Neg", "Min", "Max")
+
+
+def _known_shape(name: str, shapes: dict, producers: dict, depth: int = 0) -> list:
+    """A value's shape, or where inference lost it (the relevance seed's Reshape), that of an operand of the
+    element-wise op that made it (s = R / z has z's shape)."""
+    shape = shapes.get(name) or []
+    if shape and 0 not in shape:
+        return shape
+    node = producers.get(name)
+    if node is None or node.op_type not in ELEMENTWISE or depth > 8:
+        return shape
+    candidates = [_known_shape(i, shapes, producers, depth + 1) for i in node.input if i]
+    full = [c for c in candidates if c and 0 not in c]
+    return max(full, key=len) if full else shape
+
+
+def _conv_output(x: list, w: list, attrs: dict) -> list:
+    """A Conv's output shape from its input's and weight's (explicit pads; SAME pads as ceil(in / stride))."""
+    nd = len(w) - 2
+    strides = attrs.get("strides", [1] * nd)
+    dilations = attrs.get("dilations", [1] * nd)
+    pads = attrs.get("pads", [0] * (2 * nd))
+    same = attrs.get("auto_pad", b"NOTSET") in (b"SAME_UPPER", b"SAME_LOWER", "SAME_UPPER", "SAME_LOWER")
+    out = []
+    for i in range(nd):
+        if same:
+            out.append(-(-x[2 + i] // strides[i]))
+        else:
+            eff = (w[2 + i] - 1) * dilations[i] + 1
+            out.append((x[2 + i] + pads[i] + pads[i + nd] - eff) // strides[i] + 1)
+    return [x[0], w[0]] + out
 
 
 def speed(repeats: int) -> None:
