@@ -267,6 +267,24 @@ class Explainer:
             edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()},
             target_mask=mask)
 
+    def _inferred_output_shape(self, feeds: dict) -> Optional[tuple]:
+        """The explained output's shape by ONNX shape inference on the weightless compiled graph with the inputs'
+        dims fixed to these feeds' (a fraction of a forward pass), None where inference cannot tell."""
+        from onnx import shape_inference
+
+        from .shapes import weightless
+        from .specialise import specialise
+        try:
+            light = specialise(weightless(self.model), {name: value.shape for name, value in feeds.items()})
+            inferred = shape_inference.infer_shapes(light, data_prop=True)
+        except Exception:
+            return None
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            if vi.name == self.meta["explained"]:
+                dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+                return tuple(dims) if dims and all(d > 0 for d in dims) else None
+        return None
+
     def _mask_dtype(self) -> np.dtype:
         """The float type of the lrp_target_mask input (refused for models compiled before it existed)."""
         spec = next((i for i in self.session.get_overridable_initializers() if i.name == MASK_INPUT), None)
@@ -276,13 +294,17 @@ class Explainer:
         return np.dtype(_ORT_TYPES.get(spec.type, np.float32))
 
     def _output_shape(self, feeds: dict, batch: int) -> tuple:
-        """The explained output's shape for these inputs: from the declared dims where they are static, else from a
-        forward-only run (onnxruntime computes only what the requested output needs), cached per input shape."""
+        """The explained output's shape for these inputs: from the declared dims where they are static, else from
+        shape inference at these input sizes, else from a run; cached per input shape."""
         declared = next((o.shape for o in self.session.get_outputs() if o.name == self.meta["logits"]), None)
         if declared and all(isinstance(d, int) and d > 0 for d in declared[1:]):
             return (batch,) + tuple(declared[1:])
         key = tuple((name, value.shape) for name, value in sorted(feeds.items()))
         if key not in self._shapes:
+            inferred = self._inferred_output_shape(feeds)
+            if inferred is not None:
+                self._shapes[key] = inferred
+                return inferred
             probe = dict(feeds, **{TARGET_INPUT: np.full(batch, -1, dtype=np.int64)})
             try:
                 self._shapes[key] = self.session.run([self.meta["logits"]], probe)[0].shape
