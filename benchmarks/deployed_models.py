@@ -5,8 +5,8 @@ explanation / forward pass, and the heatmap pictures of README's "Models as depl
     python benchmarks/deployed_models.py --speed       # only the table
     python benchmarks/deployed_models.py --pictures    # only the pictures (and the identity of each)
 
-Speed: onnxlrp.bench.run_bench (a fresh process, one shared thread pool, medians of interleaved rounds) on the
-shape-generic compiled file, batch 1, at the size given. The arithmetic floor is counted as in README's Performance
+Speed: medians of interleaved rounds (onnxlrp.bench.interleaved, each timed call settled) of the forward pass and
+the shape-generic compiled file, batch 1, 2 threads each, at the size given. The arithmetic floor is counted as in README's Performance
 section: the multiply-accumulates of every convolution and matrix product the compiled graph runs (z+ needs the
 forward W x, its denominator W+ x and the transposed W+^T s per layer, five where the layer's input is signed),
 over those of the forward pass, both counted on the graph specialised to that size. Measured / floor says how
@@ -33,6 +33,9 @@ PICTURES = ROOT / "docs" / "deployed"
 # (model, input, shape, explained output: the detection tensor's class scores for YOLOv8n (see _yolo))
 SPEED = [("det", "x", (1, 3, 640, 640), None), ("yolo", "images", (1, 3, 320, 320), "/model.22/Sigmoid_output_0")]
 COMPOSITES = ("epsilon_plus", "epsilon")
+# threads per session; each timed call right after an untimed one of the same session (onnxlrp.bench.interleaved's
+# settle: no shared thread pool, since compiling may start onnxruntime sessions first (the fold stage's check))
+THREADS = 2
 
 
 def macs(model: onnx.ModelProto, batch: int = 1) -> int:
@@ -105,15 +108,14 @@ def _conv_output(x: list, w: list, attrs: dict) -> list:
 
 def speed(repeats: int) -> None:
     """Explanation / forward of the deployed detectors at their deployment sizes, with the arithmetic floor: the
-    shape-generic compiled file and the forward pass timed in this process on one shared thread pool, medians of
-    interleaved rounds (onnxlrp.bench)."""
+    shape-generic compiled file and the forward pass timed in this process, medians of interleaved rounds
+    (onnxlrp.bench.interleaved)."""
     import time
 
     import onnxruntime as ort
 
-    from onnxlrp.bench import interleaved, session_options, shared_thread_pool
+    from onnxlrp.bench import interleaved, session_options
     from onnxlrp.compiler import TARGET_INPUT
-    shared_thread_pool(0)
     print("| model | input | composite | compile s | forward ms | explanation ms | x forward | floor (MACs) | "
           "x floor |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -121,17 +123,17 @@ def speed(repeats: int) -> None:
         path = str(model_path(name))
         forward_macs = macs(_specialised(onnx.load(path), input_name, shape))
         x = np.random.default_rng(0).random(shape).astype(np.float32)
-        forward = ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
+        forward = ort.InferenceSession(path, session_options(THREADS), providers=["CPUExecutionProvider"])
         for composite in COMPOSITES:
             start = time.perf_counter()
             compiled = onnxlrp.compile(path, composite, output=output)
             compile_s = time.perf_counter() - start
             explainer = onnxlrp.Explainer(compiled, providers=["CPUExecutionProvider"],
-                                          session_options=session_options())
+                                          session_options=session_options(THREADS))
             feeds = {input_name: x, TARGET_INPUT: np.full(shape[0], -1, dtype=np.int64)}
             calls = {"forward": lambda: forward.run(None, {input_name: x}),
                      "explanation": lambda: explainer.session.run(None, feeds)}
-            medians, _ = interleaved(calls, 2, repeats, budget_s=180)
+            medians, _ = interleaved(calls, 2, repeats, budget_s=180, settle=True)
             ratio = medians["explanation"] / medians["forward"]
             floor = macs(onnxlrp.compile(path, composite, output=output, shapes={input_name: shape})) / forward_macs
             print(f"| {name} | {'x'.join(map(str, shape[2:]))} | {composite} | {compile_s:.1f} | "
