@@ -15,7 +15,6 @@ from typing import Optional
 import numpy as np
 
 from ..builder import GraphBuilder
-from ..errors import CompileError
 from ..specialise import NeedsStaticSize
 from ..rules import LINEAR_RULES, Pass, Rule
 from . import Emitted, NodeView, register
