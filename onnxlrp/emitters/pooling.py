@@ -142,7 +142,7 @@ def average_pool_transpose(b: GraphBuilder, view: NodeView, s: str) -> str:
     shape = view.shape(view.inputs[0])
     channels, spatial = shape[1], tuple(shape[2:])
     if not known(spatial):
-        return _average_pool_dynamic(b, view, rule, R)
+        return _average_pool_transpose_dynamic(b, view, s)
     kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
     count = window_counts(spatial, out_spatial, kernel, strides, pads, dilations,
                           bool(view.attr("count_include_pad", 0)))
@@ -156,8 +156,8 @@ def average_pool_transpose(b: GraphBuilder, view: NodeView, s: str) -> str:
     return b.op("ConvTranspose", [scaled, ones_kernel], "JTs", group=channels, **attrs)
 
 
-def _average_pool_dynamic(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """AveragePool at a spatial size only the run time knows: the same J^T s, with the divisors counted in the
+def _average_pool_transpose_dynamic(b: GraphBuilder, view: NodeView, s: str) -> str:
+    """J^T s of an AveragePool at a spatial size only the run time knows: the same transpose, divisors counted in the
     graph where they vary (pads without count_include_pad: a convolution of ones over the input's grid) and the
     transposed result padded at the end to the input's size."""
     x = view.inputs[0]
@@ -173,7 +173,6 @@ def _average_pool_dynamic(b: GraphBuilder, view: NodeView, rule: Rule, R: list) 
                               f"depend on it)")
     pads = explicit_pads(auto_pad, list(view.attr("pads", [0] * (2 * nd))), [1] * nd, kernel, strides, dilations)
     require_opset(b, f"the spatial size of {x!r}")
-    s, stab = _norm_stabilize(b, view, rule, R[0])
     window = dict(strides=strides, pads=pads, dilations=dilations)
     if view.attr("count_include_pad", 0) or not any(pads):
         scaled = b.op("Mul", [s, b.const(1.0 / float(np.prod(kernel)))], "s_per_count")
@@ -187,8 +186,7 @@ def _average_pool_dynamic(b: GraphBuilder, view: NodeView, rule: Rule, R: list) 
     # the grid from the first input position on (begin pads cut), its end fitted to x's size
     grid_attrs = dict(window, pads=pads[:nd] + [0] * nd)
     back = b.op("ConvTranspose", [scaled, ones_kernel], "JTs_part", group=channels, kernel_shape=kernel, **grid_attrs)
-    back = pad_tail_to(b, back, x, 2, rank)
-    return Emitted([b.op("Mul", [x, back], "R_x")], None, stab)
+    return pad_tail_to(b, back, x, 2, rank)
 
 
 @register("GlobalAveragePool", group="avgpool", rules=(Norm, Epsilon), check=_known_rank)
