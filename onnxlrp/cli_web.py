@@ -1,6 +1,7 @@
 """CLI command: onnxlrp web-demo [MODEL] (the browser page of examples/web served on localhost)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -25,7 +26,7 @@ def web_demo_cmd(model: Optional[str], composite, sets, output_name, port, page_
     page = page_folder(page_dir)
     path = model or str(shipped_model_dir() / "digits_cnn.onnx")
     data = compiled_model_bytes(load_model(path), composite, parse_sets(sets), output_name)
-    server = make_server(page, data, port=port)
+    server = make_server(page, data, port=port, name=Path(path).name)
     url = address(server)
     click.echo(f"onnxlrp web demo: {url} (model {path}, {len(data) / 1024:.0f} kB compiled; Ctrl+C stops)")
     if open_browser:

@@ -53,8 +53,8 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                       ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
                       ".onnx": "application/octet-stream", ".css": "text/css", ".html": "text/html"}
 
-    def __init__(self, *args, model: bytes, **kwargs):
-        self.model = model
+    def __init__(self, *args, model: bytes, name: str, **kwargs):
+        self.model, self.model_name = model, name
         super().__init__(*args, **kwargs)
 
     def end_headers(self) -> None:
@@ -69,6 +69,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(len(self.model)))
+            self.send_header("Content-Disposition", f'inline; filename="{self.model_name}"')
             self.end_headers()
             self.wfile.write(self.model)
             return
@@ -78,9 +79,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         """Quiet: the command prints the address once, not a line per request."""
 
 
-def make_server(page: Path, model: bytes, port: int = 8000, host: str = "127.0.0.1") -> http.server.HTTPServer:
-    """A threading HTTP server for the page and the model (port 0: a free port; server.server_address has it)."""
-    handler = functools.partial(_Handler, directory=os.fspath(page), model=model)
+def make_server(page: Path, model: bytes, port: int = 8000, host: str = "127.0.0.1",
+                name: str = "model.onnx") -> http.server.HTTPServer:
+    """A threading HTTP server for the page and the model, which the page shows as name (port 0: a free port)."""
+    safe = "".join(c for c in name if c.isascii() and c.isprintable() and c not in '"\\') or "model.onnx"
+    handler = functools.partial(_Handler, directory=os.fspath(page), model=model, name=safe)
     try:
         return http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as exc:

@@ -53,21 +53,27 @@ def _reference(model_bytes: bytes, x: np.ndarray, target: int) -> dict:
     return dict(zip(names, session.run(None, feeds)))
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Chromium (Debian's, driven by its chromedriver) with a fresh profile."""
-    reason = _browser_missing()
-    if reason:
-        pytest.skip(reason)
+def chromium_driver(profile: str):
+    """Headless Chromium (Debian's, driven by its chromedriver) with the profile folder profile."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_script_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium with a fresh profile."""
+    reason = _browser_missing()
+    if reason:
+        pytest.skip(reason)
+    driver = chromium_driver(str(tmp_path_factory.mktemp("chromium-profile")))
     yield driver
     driver.quit()
 
@@ -80,7 +86,7 @@ def cnn_bytes() -> bytes:
 @pytest.fixture(scope="module")
 def served(cnn_bytes):
     """The page and the compiled digits CNN on a free localhost port."""
-    server = make_server(page_folder(PAGE), cnn_bytes, port=0)
+    server = make_server(page_folder(PAGE), cnn_bytes, port=0, name="digits_cnn.onnx")
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield address(server)
@@ -162,6 +168,9 @@ def test_page_draws_explains_and_matches_python(page, cnn_bytes, tmp_path):
     x = np.array(result["input"], dtype=np.float32).reshape(result["inputDims"])
     assert x.shape == (1, 1, 8, 8) and 0.0 <= x.min() and x.max() <= 1.0 and x.sum() > 5  # ink reached the input
     _compare(result, _reference(cnn_bytes, x, -1), meta, (1, 1, 8, 8))
+    status = browser.find_element("id", "status").text
+    assert status.startswith(f"model digits_cnn.onnx ({len(cnn_bytes) / 1024:.0f} kB) · composite epsilon_plus"), status
+    assert "onnxruntime-web 1.30.0 on wasm" in status
     browser.save_screenshot(str(tmp_path / "web-demo.png"))
 
     # explain another class: click its row; the page feeds lrp_target and redraws the heatmap

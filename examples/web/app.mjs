@@ -1,7 +1,7 @@
 // The page: draw on a canvas, turn the ink into the model's input, run the compiled model in onnxruntime-web
 // (WebGPU where the browser has it, else wasm) and show the prediction, the relevance heatmap and the bias table.
 import {
-  argmax, biasTable, compiledMetadata, formatG, LrpError, summarize,
+  biasTable, compiledMetadata, formatG, LrpError, summarize,
 } from './onnxlrp.mjs';
 
 const DIST = new URL('./node_modules/onnxruntime-web/dist/', import.meta.url).href;
@@ -41,7 +41,7 @@ const PEN_WIDTH = 22;
 const $ = (selector) => document.querySelector(selector);
 const state = {
   session: null, meta: null, spec: null, modelName: '', modelBytes: 0, backend: '', note: '', target: -1,
-  runs: 0, result: null, timings: {}, busy: false, pending: false,
+  runs: 0, result: null, timings: {}, threads: null, busy: false, pending: false,
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ async function createSession(bytes) {
 }
 
 /** Load a compiled model from its bytes: check its metadata, start a session, size the views, explain again. */
-async function loadModel(buffer, name) {
+async function loadModel(buffer, name, fetchMs = null) {
   document.body.dataset.state = 'loading';
   const bytes = new Uint8Array(buffer);
   const started = performance.now();
@@ -124,7 +124,8 @@ async function loadModel(buffer, name) {
     Object.assign(state, {
       session, meta, spec, backend, note, modelName: name, modelBytes: bytes.length, target: -1, result: null,
     });
-    state.timings = { sessionMs };
+    state.timings = { sessionMs, fetchMs };
+    state.threads = backend === 'wasm' ? ort.env.wasm.numThreads || 1 : null;
     for (const canvas of [$('#input-view'), $('#heatmap')]) {
       canvas.width = spec.width;
       canvas.height = spec.height;
@@ -139,10 +140,11 @@ async function loadModel(buffer, name) {
   }
 }
 
-/** The model named by ?model=URL, else model.onnx beside the page (what `onnxlrp web-demo` serves). */
-async function loadDefaultModel() {
-  const url = query.get('model') || 'model.onnx';
-  let response;
+/** The model at url; its name from the server's Content-Disposition (`onnxlrp web-demo` sends it), else the URL. */
+async function loadUrl(url) {
+  document.body.dataset.state = 'loading';
+  const started = performance.now();
+  let response = null;
   try {
     response = await fetch(url);
   } catch (exc) {
@@ -155,7 +157,11 @@ async function loadDefaultModel() {
     $('#status').textContent = `onnxruntime-web ${ort.env.versions.web || ''} · no model loaded`;
     return;
   }
-  await loadModel(await response.arrayBuffer(), decodeURIComponent(url.split('/').pop()));
+  const buffer = await response.arrayBuffer();
+  const fetchMs = performance.now() - started;
+  const disposition = /filename="([^"]+)"/.exec(response.headers.get('Content-Disposition') || '');
+  const name = disposition ? disposition[1] : decodeURIComponent(url.split('?')[0].split('/').pop());
+  await loadModel(buffer, name, fetchMs);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -294,27 +300,46 @@ function scheduleRun() {
   });
 }
 
-async function runOnce() {
+/** The session's feeds for one input image: the image, lrp_target, and lrp_position (-1) if the model has it. */
+function feedsFor(input) {
   const { spec, meta, session } = state;
+  const feeds = {
+    [spec.name]: new ort.Tensor(spec.type, input, spec.dims),
+    [meta.target_input || 'lrp_target']: new ort.Tensor('int64', BigInt64Array.of(BigInt(state.target)), [1]),
+  };
+  const position = session.inputMetadata.find((m) => m.name === (meta.position_input || POSITION_INPUT));
+  if (position) {
+    const dims = (position.shape || []).length === 0 ? [] : [1];
+    feeds[position.name] = new ort.Tensor('int64', BigInt64Array.of(-1n), dims);
+  }
+  return feeds;
+}
+
+/** Median time of `rounds` explanations of the current drawing, in ms (for benchmarks/web_startup.py). */
+async function timeRuns(rounds) {
+  const input = inkToInput(state.spec);
+  const times = [];
+  for (let i = 0; i < rounds; i += 1) {
+    const started = performance.now();
+    await state.session.run(feedsFor(input)); // eslint-disable-line no-await-in-loop
+    times.push(performance.now() - started);
+  }
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)];
+}
+
+async function runOnce() {
+  const { spec, meta } = state;
   const input = inkToInput(spec);
   if (!input) {
     state.result = null;
     renderEmpty();
     return;
   }
-  const targetName = meta.target_input || 'lrp_target';
-  const feeds = {
-    [spec.name]: new ort.Tensor(spec.type, input, spec.dims),
-    [targetName]: new ort.Tensor('int64', BigInt64Array.of(BigInt(state.target)), [1]),
-  };
-  const position = session.inputMetadata.find((m) => m.name === (meta.position_input || POSITION_INPUT));
-  if (position) {
-    feeds[position.name] = (position.shape || []).length === 0
-      ? new ort.Tensor('int64', BigInt64Array.of(-1n), []) : new ort.Tensor('int64', BigInt64Array.of(-1n), [1]);
-  }
+  const feeds = feedsFor(input);
   try {
     const started = performance.now();
-    const outputs = await session.run(feeds);
+    const outputs = await state.session.run(feeds);
     state.timings.runMs = performance.now() - started;
     const [summary] = summarize(outputs, meta, [state.target]);
     const relevance = outputs[meta.relevance[spec.name]].data;
@@ -484,7 +509,7 @@ function renderBiasTable(rows) {
 function updateStatus() {
   const { spec, meta, timings } = state;
   if (!spec) return;
-  const threads = state.backend === 'wasm' ? `, ${ort.env.wasm.numThreads || 1} thread(s)` : '';
+  const threads = state.threads ? `, ${state.threads} thread${state.threads > 1 ? 's' : ''}` : '';
   const parts = [
     `model ${state.modelName} (${(state.modelBytes / 1024).toFixed(0)} kB)`, `composite ${meta.composite}`,
     `input ${spec.name} (${spec.dims.join(', ')})`, `onnxruntime-web ${ort.env.versions.web || ''} on ` +
@@ -532,7 +557,10 @@ window.addEventListener('drop', async (event) => {
 window.onnxlrpDemo = {
   state,
   result: () => state.result && JSON.parse(JSON.stringify(state.result)),
-  argmax,
+  timings: () => ({ ...state.timings }),
+  timeRuns,
+  load: loadUrl,
 };
 
-loadDefaultModel();
+// the model named by ?model=URL, else model.onnx beside the page (what `onnxlrp web-demo` serves)
+loadUrl(query.get('model') || 'model.onnx');
