@@ -6,10 +6,10 @@ from typing import Optional
 
 import click
 
-from .cli import composite_option, main, output_option, parse_sets, set_option
+from .cli_options import command, composite_option, output_option, parse_sets, set_option
 
 
-@main.command("web-demo")
+@command("web-demo")
 @click.argument("model", type=click.Path(), required=False)
 @composite_option
 @set_option
@@ -38,3 +38,6 @@ def web_demo_cmd(model: Optional[str], composite, sets, output_name, port, page_
         click.echo("stopped")
     finally:
         server.server_close()
+
+
+COMMANDS = (web_demo_cmd,)

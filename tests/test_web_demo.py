@@ -218,7 +218,7 @@ def test_web_demo_command_serves_page_and_compiled_model(tmp_path):
     """`onnxlrp web-demo MODEL --port 0` prints the address and serves the page and the compiled model."""
     if not (PAGE / ORT_WEB).is_file():
         pytest.skip(f"onnxruntime-web is not installed in {PAGE}")
-    command = [str(Path(sys.executable).parent / "onnxlrp"), "web-demo", str(MODELS / "digits_mlp.onnx"), "--port", "0",
+    command = [sys.executable, "-m", "onnxlrp", "web-demo", str(MODELS / "digits_mlp.onnx"), "--port", "0",
                "--composite", "epsilon"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
