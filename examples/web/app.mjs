@@ -1,7 +1,7 @@
 // The page: draw on a canvas, turn the ink into the model's input, run the compiled model in onnxruntime-web
 // (WebGPU where the browser has it, else wasm) and show the prediction, the relevance heatmap and the bias table.
 import {
-  biasTable, compiledMetadata, formatG, LrpError, summarize,
+  biasTable, compiledMetadata, formatE, formatG, LrpError, summarize,
 } from './onnxlrp.mjs';
 
 const DIST = new URL('./node_modules/onnxruntime-web/dist/', import.meta.url).href;
@@ -381,7 +381,7 @@ function renderEmpty() {
   for (const canvas of [$('#input-view'), $('#heatmap')]) canvas.getContext('2d').clearRect(0, 0, 1e4, 1e4);
   $('#predicted').textContent = '–';
   $('#confidence').textContent = 'draw a digit';
-  $('#explaining').textContent = 'explaining the predicted class';
+  $('#explaining').textContent = 'explaining the prediction';
   $('#classes').replaceChildren();
   $('#conservation').textContent = '–';
   $('#split').replaceChildren();
@@ -420,7 +420,7 @@ function renderClasses(result) {
   $('#predicted').textContent = String(result.predicted);
   $('#confidence').textContent = `${(100 * probs[result.predicted]).toFixed(1)} % probability`;
   $('#confidence').title = 'softmax of the logits';
-  $('#explaining').textContent = state.target < 0 ? 'explaining the predicted class'
+  $('#explaining').textContent = state.target < 0 ? 'explaining the prediction'
     : `explaining class ${result.target} (chosen)`;
   let shown = logits.map((_, k) => k);
   if (shown.length > MAX_CLASSES_SHOWN) {
@@ -459,7 +459,7 @@ function renderClasses(result) {
 function renderBalance(result) {
   $('#conservation').textContent = `logit ${formatG(result.total)} (class ${result.target}) = inputs ` +
     `${formatG(result.inputs)} + biases ${formatG(result.biases)} + stabilizer ${formatG(result.stabilizer, 3)}` +
-    `   · relative error ${result.relativeError.toExponential(1)}`;
+    `   · relative error ${formatE(result.relativeError)}`;
   const parts = [['inputs', result.inputs], ['biases', result.biases]];
   const scale = parts.reduce((s, [, v]) => s + Math.abs(v), 0) || 1;
   const blocks = parts.map(([name, value]) => {

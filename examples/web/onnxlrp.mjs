@@ -172,11 +172,17 @@ export function formatG(value, digits = 6) {
   return String(Number(value.toPrecision(digits)));
 }
 
+/** A number as Python's '%.{digits}e' writes it (two-digit exponent: 1.0e-07). */
+export function formatE(value, digits = 1) {
+  const [mantissa, power] = value.toExponential(digits).split('e');
+  return `${mantissa}e${power[0] === '-' ? '-' : '+'}${power.replace(/^[+-]/, '').padStart(2, '0')}`;
+}
+
 /** 'total T = inputs I + biases B + stabilizer S  (relative error E)' for one sample of summarize(). */
 export function conservationLine(s) {
   const g = formatG;
   return `total ${g(s.total)} = inputs ${g(s.inputs)} + biases ${g(s.biases)} + stabilizer ${g(s.stabilizer, 3)}` +
-    `  (relative error ${s.relativeError.toExponential(1)})`;
+    `  (relative error ${formatE(s.relativeError)})`;
 }
 
 /**
