@@ -119,7 +119,13 @@ async function loadModel(buffer, name, fetchMs = null) {
     const meta = compiledMetadata(bytes, name);
     const { session, backend, note } = await createSession(bytes);
     const sessionMs = performance.now() - started;
-    const spec = imageSpec(session, meta);
+    let spec;
+    try {
+      spec = imageSpec(session, meta);
+    } catch (exc) {
+      await session.release();
+      throw exc;
+    }
     if (state.session) await state.session.release();
     Object.assign(state, {
       session, meta, spec, backend, note, modelName: name, modelBytes: bytes.length, target: -1, result: null,

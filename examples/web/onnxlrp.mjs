@@ -149,6 +149,9 @@ export function summarize(outputs, meta, targets, position = -1) {
   return Array.from({ length: batch }, (_, n) => {
     const predicted = argmax(rows[n]);
     const target = Number(targets[n]) < 0 ? predicted : Number(targets[n]);
+    if (target >= rows[n].length) {
+      throw new LrpError(`target ${target} is out of range: output '${meta.output}' has ${rows[n].length} classes`);
+    }
     const sum = inputs[n] + biases[n] + stabilizer[n];
     return {
       predicted, target, logits: rows[n], output: rows[n][target], total: total[n], inputs: inputs[n],
