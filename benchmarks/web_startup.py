@@ -63,7 +63,8 @@ def one_round(page: Path, data: bytes, name: str, runs_timed: int) -> dict:
             _draw_seven(driver)
             _settled(driver, runs)
             threads = driver.execute_script("return window.onnxlrpDemo.state.threads;")
-            run = driver.execute_async_script("window.onnxlrpDemo.timeRuns(arguments[0]).then(arguments[1]);", runs_timed)
+            run = driver.execute_async_script("window.onnxlrpDemo.timeRuns(arguments[0]).then(arguments[1]);",
+                                              runs_timed)
         finally:
             driver.quit()
             server.shutdown()

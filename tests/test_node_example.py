@@ -192,11 +192,19 @@ def test_node_errors_are_one_line(node, tmp_path):
     np.save(tmp_path / "ints.npy", np.zeros((2, 64), dtype=np.int64))
     np.save(tmp_path / "ok.npy", np.zeros((2, 64), dtype=np.float32))
     (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    nan = np.zeros((2, 64))
+    nan[1, 5] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "huge.npy", np.full((1, 64), 1e300))
     cases = [
         ([str(MODELS / "digits_mlp.onnx"), str(tmp_path / "ok.npy")], "is not compiled by onnxlrp"),
-        ([str(tmp_path / "mlp.onnx"), str(tmp_path / "wrong.npy")], "input 'input' has shape (2, 1, 8, 8), expected rank 2"),
+        ([str(tmp_path / "mlp.onnx"), str(tmp_path / "wrong.npy")],
+         "input 'input' has shape (2, 1, 8, 8), expected rank 2"),
         ([str(tmp_path / "mlp.onnx"), str(tmp_path / "ints.npy")], "input 'input' has dtype int64, expected float32"),
         ([str(tmp_path / "mlp.onnx"), str(tmp_path / "junk.npy")], "is not a .npy file"),
+        ([str(tmp_path / "mlp.onnx"), str(tmp_path / "nan.npy")],
+         "input 'input' contains NaN (the first at flat index 69)"),
+        ([str(tmp_path / "mlp.onnx"), str(tmp_path / "huge.npy")], "beyond the range of the model's float32"),
         ([str(tmp_path / "mlp.onnx"), str(tmp_path / "missing.npy")], "cannot read input file"),
         ([str(tmp_path / "mlp.onnx"), str(tmp_path / "ok.npy"), "--target", "10"], "target 10 is out of range"),
         ([str(tmp_path / "mlp.onnx"), f"other={tmp_path / 'ok.npy'}"], "inputs do not match the model"),

@@ -169,7 +169,8 @@ def test_page_draws_explains_and_matches_python(page, cnn_bytes, tmp_path):
     assert x.shape == (1, 1, 8, 8) and 0.0 <= x.min() and x.max() <= 1.0 and x.sum() > 5  # ink reached the input
     _compare(result, _reference(cnn_bytes, x, -1), meta, (1, 1, 8, 8))
     status = browser.find_element("id", "status").text
-    assert status.startswith(f"model digits_cnn.onnx ({len(cnn_bytes) / 1024:.0f} kB) · composite epsilon_plus"), status
+    expected = f"model digits_cnn.onnx ({len(cnn_bytes) / 1024:.0f} kB) · composite epsilon_plus"
+    assert status.startswith(expected), status
     assert "onnxruntime-web 1.30.0 on wasm" in status
     browser.save_screenshot(str(tmp_path / "web-demo.png"))
 

@@ -2,7 +2,7 @@
 // Explain inputs with an onnxlrp-compiled model in onnxruntime-node: the prediction, the conservation line and the
 // bias table, with the output names read from the model's `onnxlrp` metadata. Nothing here imports onnxlrp.
 //
-//   node explain.js MODEL INPUT.npy [--target K ...] [--position P] [--json OUT.json]
+//   node explain.js MODEL INPUT.npy [--target K ...] [--position P] [--json OUT.json] [--threads T]
 //   node explain.js MODEL NAME=FILE.npy [NAME=FILE.npy ...] ...      (models with several inputs)
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -61,6 +61,13 @@ function parseCommandLine(argv) {
 
 /** The array in `array` ({type, dims, data} from an .npy) converted to the model input's declared type. */
 function converted(name, array, type) {
+  if (array.type === 'float32' || array.type === 'float64') {
+    const bad = array.data.findIndex((v) => !Number.isFinite(v));
+    if (bad >= 0) {
+      throw new LrpError(`input '${name}' contains ${Number.isNaN(array.data[bad]) ? 'NaN' : 'Inf'} (the first at ` +
+        `flat index ${bad}): replace it before explaining`);
+    }
+  }
   if (array.type === type) return array.data;
   const floats = ['float32', 'float64'];
   const ints = ['int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32', 'uint64'];
@@ -70,7 +77,12 @@ function converted(name, array, type) {
   if (!sameKind || !(type in targets)) {
     throw new LrpError(`input '${name}' has dtype ${array.type}, expected ${type}`);
   }
-  if (type === 'int64') return BigInt64Array.from(array.data, (v) => BigInt(v));
+  if (type === 'int64') {
+    if (array.type === 'uint64' && array.data.some((v) => v >= 2n ** 63n)) {
+      throw new LrpError(`input '${name}' has values outside the range of the model's int64`);
+    }
+    return BigInt64Array.from(array.data, (v) => BigInt(v));
+  }
   if (type === 'int32') {
     const values = Array.from(array.data, Number);
     if (values.some((v) => v < -(2 ** 31) || v >= 2 ** 31)) {
@@ -78,7 +90,11 @@ function converted(name, array, type) {
     }
     return Int32Array.from(values);
   }
-  return targets[type].from(array.data, Number);
+  const values = targets[type].from(array.data, Number);
+  if (type === 'float32' && values.some((v) => !Number.isFinite(v))) {
+    throw new LrpError(`input '${name}' has values beyond the range of the model's float32`);
+  }
+  return values;
 }
 
 let ort; // onnxruntime-node, loaded once the command line and the model's metadata are known to be good
@@ -107,7 +123,8 @@ function readFeeds(session, files, reserved) {
     const shape = spec.shape || [];
     const text = `(${shape.map((d) => (typeof d === 'number' ? d : '?')).join(', ')})`;
     if (array.dims.length !== shape.length) {
-      throw new LrpError(`input '${spec.name}' has shape (${array.dims.join(', ')}), expected rank ${shape.length} ${text}`);
+      throw new LrpError(`input '${spec.name}' has shape (${array.dims.join(', ')}), expected rank ` +
+        `${shape.length} ${text}`);
     }
     shape.forEach((want, axis) => {
       if (typeof want === 'number' && want >= 0 && array.dims[axis] !== want) {
@@ -204,7 +221,9 @@ async function main(argv) {
   const [feeds, batch] = readFeeds(session, args.files, [targetName, positionSpec ? positionSpec.name : null]);
   const classes = declaredClasses(session, meta);
   const bad = args.targets.find((t) => classes !== null && t >= classes);
-  if (bad !== undefined) throw new LrpError(`target ${bad} is out of range: output '${meta.output}' has ${classes} classes`);
+  if (bad !== undefined) {
+    throw new LrpError(`target ${bad} is out of range: output '${meta.output}' has ${classes} classes`);
+  }
   feeds[targetName] = targetTensor(args.targets, batch);
   if (positionSpec) feeds[positionSpec.name] = positionTensor(positionSpec, args.position, batch);
   let outputs;

@@ -114,7 +114,8 @@ export function logitRows(tensor, batch, position = -1) {
   if (dims.length === 3 && dims[0] === batch) {
     const [, steps, classes] = dims;
     const t = position < 0 ? steps + position : position;
-    return Array.from({ length: batch }, (_, n) => values.slice((n * steps + t) * classes, (n * steps + t + 1) * classes));
+    const row = (n) => values.slice((n * steps + t) * classes, (n * steps + t + 1) * classes);
+    return Array.from({ length: batch }, (_, n) => row(n));
   }
   const per = values.length / batch;
   return Array.from({ length: batch }, (_, n) => values.slice(n * per, (n + 1) * per));
