@@ -9,7 +9,7 @@ import click
 from .cli_options import command, composite_option, output_option, parse_sets, set_option
 
 
-@command("web-demo")
+@command("web-demo", short_help="Serve the browser page on localhost (onnxruntime-web).")
 @click.argument("model", type=click.Path(), required=False)
 @composite_option
 @set_option
