@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from .errors import OnnxLrpError
 from .graph import GraphIndex
+from .recurrent import unroll_recurrent
 
 BYPASSED_OUTPUT_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
 
@@ -412,8 +413,8 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run every rewrite in order on a copy; shapes are re-inferred at the end."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for rewrite in (name_nodes, constants_to_initializers, split_classifier_transform, fold_batchnorm,
-                    fold_batchnorm_into_next, fold_affine_into_conv, matmul_add_to_gemm):
+    for rewrite in (name_nodes, constants_to_initializers, unroll_recurrent, split_classifier_transform,
+                    fold_batchnorm, fold_batchnorm_into_next, fold_affine_into_conv, matmul_add_to_gemm):
         out = rewrite(out)
     return out
 

@@ -19,6 +19,7 @@ from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, Uns
 from .fold import fold_constants
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
 from .prune import prune_unused
+from .recurrent import RECURRENT_OPS, unroll_problem
 from .shapes import annotate_shapes, check_model
 
 METADATA_KEY = "onnxlrp"
@@ -185,6 +186,9 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
         if broken:  # NaN/Inf weights make every relevance NaN: refuse them instead of explaining garbage
             problems.append(NodeProblem(node.op_type, node.name, f"its constant input {broken[0]!r} holds NaN or Inf",
                                         "the model file is corrupt or its training diverged"))
+            continue
+        if spec is None and node.op_type in RECURRENT_OPS:  # left in place by canonicalisation: say why
+            problems.append(NodeProblem(node.op_type, node.name, unroll_problem(node, index) or "it was not unrolled"))
             continue
         if spec is None:
             problems.append(NodeProblem(node.op_type, node.name, "no relevance rule for this op",
