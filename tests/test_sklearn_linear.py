@@ -33,11 +33,6 @@ def _onnx(estimator, X):
         return to_onnx(estimator, X[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
 
 
-def _bias_rows(exp) -> dict:
-    """op type of the node -> its bias relevance rows, from the compiled metadata's node names."""
-    return {name.rsplit("_", 1)[0] if name[-1].isdigit() else name: rows for name, rows in exp.bias.items()}
-
-
 def test_standard_scaler_logistic_regression_pipeline(iris):
     """Pipeline(StandardScaler, LogisticRegression): the logits are the decision function, and input and bias
     relevance equal epsilon-LRP through (x - mean) / scale and x W^T + b in float64."""
