@@ -20,6 +20,8 @@ $(STAMP_TEST): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	# zennit asks for torch and torchvision unpinned: install it alone, the constraints keep torch at the local CPU build
 	$(PIP) install -q --no-deps zennit==0.5.1
+	# quantus asks for torch, torchvision and opencv-python: install it alone (the test extras bring what it imports)
+	$(PIP) install -q --no-deps quantus==0.6.0
 	touch $@ $(STAMP_RUN)
 
 demo: $(STAMP_RUN)

@@ -276,6 +276,9 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
     the bias relevance of every biased node, the stabilizer share and the total (seed) per sample."""
     if init not in ("logit", "one"):
         raise OnnxLrpError(f"init must be 'logit' or 'one', got {init!r}")
+    from .gradient import compile_gradient, is_gradient
+    if is_gradient(composite):  # gradient x input: a VJP backward pass instead of relevance rules (gradient.py)
+        return compile_gradient(model, params=params, output=output, init=init, node_relevance=node_relevance)
     source = load_model(model)
     if METADATA_KEY in {p.key for p in source.metadata_props}:
         raise OnnxLrpError("this model is already compiled by onnxlrp; compile the original model instead")
@@ -324,8 +327,9 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
 
 
 def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, relevance_of, total, comp, init,
-              node_relevance) -> onnx.ModelProto:
-    """Graph outputs, the target input, metadata: the finished augmented model."""
+              node_relevance, extra_outputs=(), extra_meta=None) -> onnx.ModelProto:
+    """Graph outputs, the target input, metadata: the finished augmented model (extra_outputs: value infos of
+    further outputs the caller's nodes write, extra_meta: further metadata entries)."""
     index = plan.index
     elem = helper.np_dtype_to_tensor_dtype(b.dtype)
     meta = {"version": __version__, "composite": comp.name, "params": comp.params, "init": init,
@@ -365,6 +369,8 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     logits_info = index.info(plan.explained)
     outputs.append(helper.make_tensor_value_info("lrp/output", elem, _dims(logits_info.shape if logits_info else None)))
     _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outputs, elem)
+    outputs.extend(extra_outputs)
+    meta.update(extra_meta or {})
     _unscale_outputs(b, outputs, plan.seed_scale)
 
     model = onnx.ModelProto()

@@ -107,6 +107,7 @@ class Explanation:
     rules: dict = field(default_factory=dict)           # node name -> rule description
     graph: list = field(default_factory=list)           # [(node, op type, relevance inputs, outputs)], graph order
     edges: dict = field(default_factory=dict)           # tensor -> {consumer node: (N,) relevance it sent back}
+    gradient: dict = field(default_factory=dict)        # gradient composite: input name -> df/dx (see gradient.py)
 
     def conservation(self) -> dict:
         """Per sample: inputs, biases, stabilizer, their sum, the total and the relative error."""
@@ -241,7 +242,8 @@ class Explainer:
             node_stabilizer={k: values[v] for k, v in meta["node_stabilizer"].items()},
             rules=dict(meta.get("rules", {})),
             graph=[tuple(entry) for entry in meta.get("graph", [])],
-            edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()})
+            edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()},
+            gradient={k: values[v] for k, v in meta.get("gradient", {}).items()})
 
     def _targets(self, target, batch: int) -> np.ndarray:
         """Targets as (N,) int64; -1 means argmax (computed in the graph)."""

@@ -285,7 +285,7 @@ def _rank(view: NodeView, name: str) -> Optional[int]:
     return len(shape) if shape is not None else None
 
 
-def _gemm_op(view: NodeView) -> LinearOp:
+def gemm_op(view: NodeView) -> LinearOp:
     """Gemm(A, B, C) with constant B (or A): alpha, beta, transA, transB folded into W and bias."""
     a, bname = view.inputs[0], view.inputs[1]
     c = view.inputs[2] if len(view.inputs) > 2 else ""
@@ -321,7 +321,7 @@ def _check_gemm(view: NodeView) -> Optional[str]:
 @register("Gemm", group="dense", rules=LINEAR_RULES, check=_check_gemm)
 def emit_gemm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Gemm as a dense linear node: z = x W + b under the rule's groups."""
-    op = _gemm_op(view)
+    op = gemm_op(view)
     R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
     rel = [R_x, None, None] if op.x == view.inputs[0] else [None, R_x, None]
     return Emitted(rel[: len(view.inputs)], R_b, stab)
@@ -340,17 +340,20 @@ def _check_matmul(view: NodeView) -> Optional[str]:
 @register("MatMul", group="dense", rules=LINEAR_RULES, check=_check_matmul)
 def emit_matmul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """MatMul with a constant operand as a dense linear node without bias."""
+    op = matmul_op(view)
+    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
+    return Emitted([R_x, None] if op.x == view.inputs[0] else [None, R_x], R_b, stab)
+
+
+def matmul_op(view: NodeView) -> LinearOp:
+    """MatMul with a constant 2-D operand: x @ W (DenseOp) or W @ x (LeftDenseOp), no bias."""
     a, w = view.inputs
     z = view.outputs[0]
     if view.is_relevant(a):
-        op = DenseOp(x=a, z=z, weight=view.const(w).astype(np.float64), bias=None,
-                     z_rank=_rank(view, z), x_rank=_rank(view, a), source=w, source_km=True)
-        R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-        return Emitted([R_x, None], R_b, stab)
-    op = LeftDenseOp(x=w, z=z, weight=view.const(a).astype(np.float64), bias=None,
-                     z_rank=_rank(view, z), x_rank=_rank(view, w))
-    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-    return Emitted([None, R_x], R_b, stab)
+        return DenseOp(x=a, z=z, weight=view.const(w).astype(np.float64), bias=None,
+                       z_rank=_rank(view, z), x_rank=_rank(view, a), source=w, source_km=True)
+    return LeftDenseOp(x=w, z=z, weight=view.const(a).astype(np.float64), bias=None,
+                       z_rank=_rank(view, z), x_rank=_rank(view, w))
 
 
 def conv_geometry(view: NodeView, x_shape: tuple, w_shape: tuple) -> tuple:
@@ -393,6 +396,12 @@ def _check_conv(view: NodeView) -> Optional[str]:
 @register("Conv", group="convolution", rules=LINEAR_RULES, check=_check_conv)
 def emit_conv(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Conv as a linear node; its transpose is ConvTranspose with the same weights, strides, pads and groups."""
+    R_x, R_b, stab = emit_linear(b, view, rule, R[0], conv_op(view))
+    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+
+
+def conv_op(view: NodeView) -> ConvOp:
+    """Conv(x, W) + B as a ConvOp with explicit geometry."""
     x = view.inputs[0]
     w = view.const(view.inputs[1]).astype(np.float64)
     bias = view.const(view.inputs[2]) if len(view.inputs) > 2 and view.inputs[2] else None
@@ -401,10 +410,8 @@ def emit_conv(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     attrs = dict(kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations, group=view.attr("group", 1))
     nd = len(w.shape) - 2
     bias_arr = None if bias is None else bias.astype(np.float64).reshape((-1,) + (1,) * nd)
-    op = ConvOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
-                attrs=attrs, output_padding=tuple(output_padding), source=view.inputs[1])
-    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+    return ConvOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
+                  attrs=attrs, output_padding=tuple(output_padding), source=view.inputs[1])
 
 
 def conv_transpose_geometry(view: NodeView, spatial: tuple, w_shape: tuple) -> tuple:
@@ -463,6 +470,12 @@ def _check_conv_transpose(view: NodeView) -> Optional[str]:
 def emit_conv_transpose(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """ConvTranspose as a forward linear node: z = ConvTranspose(x, W) + b; W^T s = Conv(s, W) with the same
     strides, dilations and groups and the pads that undo the crop (see conv_transpose_geometry)."""
+    R_x, R_b, stab = emit_linear(b, view, rule, R[0], conv_transpose_op(view))
+    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+
+
+def conv_transpose_op(view: NodeView) -> ConvTransposeOp:
+    """ConvTranspose(x, W) + B as a ConvTransposeOp (its transpose a Conv, see conv_transpose_geometry)."""
     x = view.inputs[0]
     w = view.const(view.inputs[1]).astype(np.float64)
     bias = view.const(view.inputs[2]) if len(view.inputs) > 2 and view.inputs[2] else None
@@ -474,10 +487,8 @@ def emit_conv_transpose(b: GraphBuilder, view: NodeView, rule: Rule, R: list) ->
                       dilations=list(view.attr("dilations", [1] * nd)), pads=heads + tails, group=group)
     attrs = {a.name: view.attr(a.name) for a in view.node.attribute}
     bias_arr = None if bias is None else bias.astype(np.float64).reshape((-1,) + (1,) * nd)
-    op = ConvTransposeOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
-                         attrs=attrs, conv_attrs=conv_attrs, keep=keep)
-    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+    return ConvTransposeOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
+                           attrs=attrs, conv_attrs=conv_attrs, keep=keep)
 
 
 def _check_batchnorm(view: NodeView) -> Optional[str]:
@@ -498,15 +509,19 @@ def emit_batchnorm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emit
     under the pass rule relevance goes through unchanged."""
     if isinstance(rule, Pass):
         return Emitted([R[0]] + [None] * (len(view.inputs) - 1))
+    R_x, R_b, stab = emit_linear(b, view, rule, R[0], batchnorm_op(view))
+    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+
+
+def batchnorm_op(view: NodeView) -> ElementwiseOp:
+    """An unfolded BatchNormalization as x * k + (beta - mean * k), k = scale / sqrt(var + epsilon), per channel."""
     x = view.inputs[0]
     scale, beta, mean, var = (view.const(n).astype(np.float64) for n in view.inputs[1:5])
     k = scale / np.sqrt(var + view.attr("epsilon", 1e-5))
     rank = _rank(view, x) or 2
     shape = (-1,) + (1,) * (rank - 2)
-    op = ElementwiseOp(x=x, z=view.outputs[0], weight=k.reshape(shape), bias=(beta - mean * k).reshape(shape),
-                       z_rank=rank, x_rank=rank)
-    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+    return ElementwiseOp(x=x, z=view.outputs[0], weight=k.reshape(shape), bias=(beta - mean * k).reshape(shape),
+                         z_rank=rank, x_rank=rank)
 
 
 def affine_op(view: NodeView) -> LinearOp:

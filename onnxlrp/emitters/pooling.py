@@ -108,13 +108,17 @@ def emit_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> E
     """Norm: R_x = x * J^T s, J^T s = ConvTranspose(s / count, ones) per channel, count = the window's divisor
     (its positions inside the input, or inside the padded input with count_include_pad); ceil_mode and dilations
     are sized as the forward pool does."""
-    x = view.inputs[0]
-    shape = view.shape(x)
+    s, stab = _norm_stabilize(b, view, rule, R[0])
+    return Emitted([b.op("Mul", [view.inputs[0], average_pool_transpose(b, view, s)], "R_x")], None, stab)
+
+
+def average_pool_transpose(b: GraphBuilder, view: NodeView, s: str) -> str:
+    """J^T s of an AveragePool, shaped like its input: ConvTranspose(s / count, ones) per channel."""
+    shape = view.shape(view.inputs[0])
     channels, spatial = shape[1], tuple(shape[2:])
     kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
     count = window_counts(spatial, out_spatial, kernel, strides, pads, dilations,
                           bool(view.attr("count_include_pad", 0)))
-    s, stab = _norm_stabilize(b, view, rule, R[0])
     s = fit_pooled(b, view, s, out_spatial)
     if np.all(count == count.flat[0]):
         scaled = b.op("Mul", [s, b.const(1.0 / count.flat[0])], "s_per_count")
@@ -122,8 +126,7 @@ def emit_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> E
         scaled = b.op("Div", [s, b.const(count.reshape((1, 1) + out_spatial))], "s_per_count")
     attrs = _back_attrs(spatial, out_spatial, kernel, strides, pads, dilations)
     ones_kernel = b.const(np.ones((channels, 1) + tuple(kernel)), hint="ones_kernel")
-    back = b.op("ConvTranspose", [scaled, ones_kernel], "JTs", group=channels, **attrs)
-    return Emitted([b.op("Mul", [x, back], "R_x")], None, stab)
+    return b.op("ConvTranspose", [scaled, ones_kernel], "JTs", group=channels, **attrs)
 
 
 @register("GlobalAveragePool", group="avgpool", rules=(Norm, Epsilon), check=_static_spatial)
