@@ -19,6 +19,7 @@ from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, Uns
 from .fold import fold_constants
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
 from .prune import prune_unused
+from .recurrent import RECURRENT_OPS, unroll_problem
 from .shapes import annotate_shapes, check_model
 from .targets import MASK_INPUT, mask_input_info, masked_seed
 from .specialise import NeedsStaticSize, StaticSizeError, specialise, static_size_hint
@@ -52,6 +53,12 @@ DOMAIN_HINTS = {
                      "before onnxruntime's optimisations",
 }
 CUSTOM_DOMAIN_HINT = "custom ops cannot be explained: export with standard ONNX ops"
+ML_DOMAINS = ("ai.onnx.ml",)
+ML_REASON = "no relevance rule for this classical-ML op (Scaler, LinearRegressor and LinearClassifier have one)"
+ML_REASONS = {
+    "Normalizer": "it divides each row by its own norm, which is not a linear map: no linear LRP rule applies "
+                  "(explain the estimator on normalised features, without the Normalizer)",
+}
 
 
 @dataclass
@@ -144,7 +151,7 @@ def _prune_silent_branches(index: GraphIndex, explained: str, path: set, nodes: 
         if not any(o in receives for o in node.output):
             continue
         kept.append(node)
-        spec = lookup(node.op_type) if node.domain in ("", "ai.onnx") else None
+        spec = lookup(node.op_type, node.domain)
         silent = set()
         if spec is not None and spec.silent is not None:
             view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
@@ -169,7 +176,11 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     for node in nodes:
         view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
         plan.views[node.name] = view
-        if node.domain not in ("", "ai.onnx"):
+        spec = lookup(node.op_type, node.domain)
+        if spec is None and node.domain in ML_DOMAINS:
+            problems.append(NodeProblem(node.op_type, node.name, ML_REASONS.get(node.op_type, ML_REASON)))
+            continue
+        if spec is None and node.domain not in ("", "ai.onnx"):
             problems.append(NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}",
                                         DOMAIN_HINTS.get(node.domain, CUSTOM_DOMAIN_HINT)))
             continue
@@ -178,7 +189,9 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
             problems.append(NodeProblem(node.op_type, node.name, f"its constant input {broken[0]!r} holds NaN or Inf",
                                         "the model file is corrupt or its training diverged"))
             continue
-        spec = lookup(node.op_type)
+        if spec is None and node.op_type in RECURRENT_OPS:  # left in place by canonicalisation: say why
+            problems.append(NodeProblem(node.op_type, node.name, unroll_problem(node, index) or "it was not unrolled"))
+            continue
         if spec is None:
             problems.append(NodeProblem(node.op_type, node.name, "no relevance rule for this op",
                                         HINTS.get(node.op_type, "")))
