@@ -1,12 +1,12 @@
 """Loading ONNX models and a read-only index of their graph: producers, consumers, constants, shapes, order."""
 from __future__ import annotations
 
+import heapq
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-import networkx as nx
 import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
@@ -81,10 +81,41 @@ def subgraph_inputs(node: onnx.NodeProto) -> list:
     return list(dict.fromkeys(names))
 
 
+_GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
 def all_inputs(node: onnx.NodeProto) -> list:
     """A node's inputs followed by the outer-scope values its subgraphs read (its implicit inputs)."""
     explicit = list(node.input)
+    if not any(a.type in _GRAPH_ATTRIBUTES for a in node.attribute):  # the common case: no subgraph to search
+        return explicit
     return explicit + [n for n in subgraph_inputs(node) if n not in explicit]
+
+
+def topological_order(nodes, producer: dict) -> list:
+    """Positions of nodes in topological order, the smallest ready position first (the file's order wherever it is
+    already topological): Kahn's algorithm with a heap, O(E + V log V). Raises ModelLoadError on a cycle."""
+    position = {id(n): i for i, n in enumerate(nodes)}
+    successors: list = [[] for _ in nodes]
+    waiting = [0] * len(nodes)
+    for i, node in enumerate(nodes):
+        parents = {position[id(producer[name])] for name in all_inputs(node) if name in producer}
+        for parent in parents:
+            successors[parent].append(i)
+        waiting[i] = len(parents)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in successors[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        raise ModelLoadError("the graph has a cycle")
+    return order
 
 
 def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
@@ -209,6 +240,7 @@ class TensorInfo:
 
     elem_type: int
     shape: tuple | None  # tuple of int | None, or None when even the rank is unknown
+    symbols: tuple | None = None  # per axis the symbolic name (dim_param) where the file or inference gives one
 
     @property
     def is_float(self) -> bool:
@@ -249,24 +281,14 @@ class GraphIndex:
                 index.infos[vi.name] = info
         for name, array in index.constants.items():
             index.infos[name] = TensorInfo(onnx.helper.np_dtype_to_tensor_dtype(array.dtype), tuple(array.shape))
-        dag = nx.DiGraph()
-        for i, node in enumerate(graph.node):
-            dag.add_node(i)
+        for node in graph.node:
             for out in node.output:
                 if out:
                     index.producer[out] = node
             for inp in all_inputs(node):
                 if inp:
                     index.consumers.setdefault(inp, []).append(node)
-        position = {id(n): i for i, n in enumerate(graph.node)}
-        for i, node in enumerate(graph.node):
-            for inp in all_inputs(node):
-                if inp in index.producer:
-                    dag.add_edge(position[id(index.producer[inp])], i)
-        try:
-            order = list(nx.lexicographical_topological_sort(dag))
-        except nx.NetworkXUnfeasible:
-            raise ModelLoadError("the graph has a cycle")
+        order = topological_order(graph.node, index.producer)
         index.order = [graph.node[i] for i in order]
         return index
 
@@ -300,7 +322,8 @@ def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo | None:
     if not vi.type.HasField("tensor_type"):
         return None
     tt = vi.type.tensor_type
-    shape = None
+    shape = symbols = None
     if tt.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-    return TensorInfo(tt.elem_type, shape)
+        symbols = tuple(d.dim_param if d.HasField("dim_param") and d.dim_param else None for d in tt.shape.dim)
+    return TensorInfo(tt.elem_type, shape, symbols)

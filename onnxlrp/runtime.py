@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 
 from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
-from .errors import InputError, ModelLoadError, OnnxLrpError
+from .errors import ArgumentError, ArgumentTypeError, InputError, ModelLoadError, OnnxLrpError
 from .graph import ModelLike, inconsistency, load_model
 from .session_tuning import release_freed_memory, tune_options
+from .trust import CONSERVATION_KEY, check_conservation, verify_digest
 
 _PROBE_LOCK = threading.Lock()
 _CUDA_WORKS: Optional[bool] = None
@@ -106,9 +107,13 @@ class Explainer:
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
                  session_options=None) -> None:
         import onnxruntime as ort
+        _check_explainer_arguments(model, providers)
         proto = source = load_model(model)
-        meta = compiled_metadata(proto)
-        if meta is None:
+        where = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+        meta = compiled_metadata(proto, where)
+        if meta is not None:  # a compiled file: refuse one edited after compilation
+            verify_digest(proto, meta, where)
+        else:
             proto = compile_model(proto, composite, params=params, output=output, init=init,
                                   node_relevance=node_relevance)
             meta = compiled_metadata(proto)
@@ -188,8 +193,15 @@ class Explainer:
             raise InputError("the batch is empty")
         return feeds, batch
 
-    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None) -> Explanation:
-        """Explain a batch: target None (argmax), one int for every sample, or N ints."""
+    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None, *, check: bool = True) -> Explanation:
+        """Explain a batch: target None (argmax), one int for every sample, or N ints. With check (the default)
+        the identity total = inputs + biases + stabilizer is verified for every sample (ConservationError if it
+        fails beyond rounding; the model's metadata may say that it promises no such identity)."""
+        if not isinstance(check, bool):
+            raise ArgumentTypeError(f"check must be True or False, got {type(check).__name__}")
+        classes = self._classes()
+        if classes == 0:
+            raise InputError(f"output {self.meta['output']!r} has no classes: nothing to explain")
         feeds, batch = self._feeds(inputs)
         feeds[TARGET_INPUT] = self._targets(target, batch)
         try:
@@ -207,10 +219,12 @@ class Explainer:
             raise InputError(f"target {bad} is out of range: output {self.meta['output']!r} has {flat.shape[1]} classes")
         targets = np.where(feeds[TARGET_INPUT] < 0, flat.argmax(axis=1), feeds[TARGET_INPUT]).astype(np.int64)
         meta = self.meta
+        relevance = {k: values[v] for k, v in meta["relevance"].items()}
+        bias = {k: values[v] for k, v in meta["bias"].items()}
+        if check and meta.get(CONSERVATION_KEY, True):
+            check_conservation(values[meta["total"]], relevance, bias, values[meta["stabilizer"]])
         return Explanation(
-            output=logits, target=targets, total=values[meta["total"]],
-            relevance={k: values[v] for k, v in meta["relevance"].items()},
-            bias={k: values[v] for k, v in meta["bias"].items()},
+            output=logits, target=targets, total=values[meta["total"]], relevance=relevance, bias=bias,
             stabilizer=values[meta["stabilizer"]],
             nodes={**{k: values[v] for k, v in meta["nodes"].items()}, **{k: values[v] for k, v in meta["sums"].items()}},
             node_stabilizer={k: values[v] for k, v in meta["node_stabilizer"].items()},
@@ -253,6 +267,27 @@ class Explainer:
             if out.name == self.meta["logits"] and out.shape and all(isinstance(d, int) for d in out.shape[1:]):
                 return int(np.prod(out.shape[1:]))
         return self._static_classes
+
+
+def _check_explainer_arguments(model, providers) -> None:
+    """Explainer's own arguments (compile() checks the ones it passes on): ArgumentTypeError naming the argument."""
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise ArgumentTypeError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    if providers is None:
+        return
+    if isinstance(providers, str) or not isinstance(providers, Sequence):
+        raise ArgumentTypeError(f"providers must be a list of onnxruntime provider names, got "
+                                f"{type(providers).__name__} (one provider: [{providers!r}])")
+    names = [p if isinstance(p, str) else p[0] if (isinstance(p, (tuple, list)) and len(p) == 2 and
+                                                    isinstance(p[0], str) and isinstance(p[1], dict)) else None
+             for p in providers]
+    if None in names:
+        raise ArgumentTypeError("providers must list provider names (strings) or (name, options dict) pairs")
+    import onnxruntime as ort
+    unknown = [p for p in names if p not in ort.get_all_providers()]
+    if unknown:
+        raise ArgumentError(f"providers: unknown onnxruntime provider {unknown[0]!r} (known: "
+                            f"{', '.join(ort.get_all_providers()[:6])}, ...)")
 
 
 def _static_classes(model: onnx.ModelProto, name: str) -> Optional[int]:

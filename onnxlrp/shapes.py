@@ -2,6 +2,8 @@
 shape annotations of the compiled graph, so that onnxruntime's optimiser sees a graph it can lay out well."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import shape_inference
@@ -24,7 +26,7 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.output.extend(model.graph.output)
     graph.value_info.extend(model.graph.value_info)
     for tensor in model.graph.initializer:
-        if tensor.data_type in FLOAT_STUBS and int(np.prod(tensor.dims)) >= STUB_MIN_ELEMENTS:
+        if tensor.data_type in FLOAT_STUBS and math.prod(tensor.dims) >= STUB_MIN_ELEMENTS:
             stub = graph.initializer.add()
             stub.name, stub.data_type = tensor.name, tensor.data_type
             stub.dims.extend(tensor.dims)
@@ -68,7 +70,7 @@ def _copy_fields(src, dst, skip: str) -> None:
 
 def _size_problem(tensor: onnx.TensorProto) -> str | None:
     """What the ONNX checker would say of a large dense tensor's data size, None if it is consistent."""
-    count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+    count = math.prod(tensor.dims)
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     if tensor.HasField("raw_data"):
         if len(tensor.raw_data) != count * itemsize:
@@ -91,7 +93,7 @@ def check_model(model: onnx.ModelProto) -> None:
     _copy_fields(model.graph, light.graph, skip="initializer")
     for tensor in model.graph.initializer:
         if (tensor.data_type in FLOAT_STUBS and tensor.data_location != onnx.TensorProto.EXTERNAL
-                and int(np.prod(tensor.dims)) >= STUB_MIN_ELEMENTS):
+                and math.prod(tensor.dims) >= STUB_MIN_ELEMENTS):
             problem = _size_problem(tensor)
             if problem is not None:
                 raise onnx.checker.ValidationError(problem)
