@@ -22,11 +22,13 @@ def megabytes(nbytes: float) -> str:
     return f"{nbytes / 2 ** 20:.4g} MB"
 
 
-def shape_text(shape) -> str:
-    """A declared shape as '(N, 3, 224, 224)': symbolic or unknown dims as '?' (or their name when given as str)."""
+def shape_text(shape, symbols=None) -> str:
+    """A declared shape as '(N, 3, 224, 224)': symbolic dims by name (symbols: per axis a name or None), unknown
+    ones as '?'."""
     if shape is None:
         return "(unknown rank)"
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+    symbols = symbols or (None,) * len(shape)
+    return "(" + ", ".join(str(d) if d is not None else (s or "?") for d, s in zip(shape, symbols)) + ")"
 
 
 class GraphBuilder:
@@ -96,8 +98,8 @@ class GraphBuilder:
         nbytes = int(count) * int(itemsize)
         if nbytes > self.max_constant_bytes:
             raise CompileBudgetError(f"{what} needs a constant of {megabytes(nbytes)}, beyond the compile budget of "
-                                     f"{megabytes(self.max_constant_bytes)} (max_constant_bytes= / --max-constant-mb "
-                                     f"raise it if the model really is that large)")
+                                     f"{megabytes(self.max_constant_bytes)} (raise it with max_constant_bytes= / "
+                                     f"--max-constant-mb if the model really is that large)")
 
     def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, n_out: int = 1, **attrs):
         """Append one node; returns its output name (or a list of names when n_out > 1)."""

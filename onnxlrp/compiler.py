@@ -160,7 +160,6 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     path = relevance_path(index, explained)
     if explained not in path:
         raise OnnxLrpError(f"output {out_name!r} does not depend on any floating-point input: nothing to explain")
-    check_batch_first(index, out_name, explained)
     nodes = [n for n in index.order if any(o in path for o in n.output)]
     nonneg = nonnegative_values(index, path)
     path, nodes = _prune_silent_branches(index, explained, path, nodes, nonneg)
@@ -322,6 +321,7 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
     canon = canonicalize(source)
     plan = plan_model(canon, comp, output)
     index = plan.index
+    check_batch_first(index, plan.output, plan.explained)
     explained_info = index.info(plan.explained)
     if explained_info is None:
         raise OnnxLrpError(f"the type of the explained value {plan.explained!r} is unknown")
@@ -345,8 +345,9 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         b.scope = f"lrp/_/{node.name}"
         try:
             emitted = plan.specs[node.name].fn(b, plan.views[node.name], rule, outs)
-        except OnnxLrpError as exc:
-            raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}") from None
+        except OnnxLrpError as exc:  # a CompileBudgetError stays one, with the node named
+            kind = type(exc) if isinstance(exc, CompileError) else CompileError
+            raise kind(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}") from None
         except Exception as exc:  # an emitter bug must still name the node
             raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}) failed to compile: "
                                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc

@@ -21,6 +21,7 @@ GROUP_MEMBERS = {"linear": {"dense", "convolution", "batchnorm", "linear"}}
 SELECTORS = ("op", "group", "name", "name_regex", "position")
 ENTRY_KEYS = set(SELECTORS) | {"rule"}
 TOP_KEYS = {"description", "extends", "params", "match"}
+MAX_COMPOSITE_BYTES = 1024 * 1024  # a composite is a few KB of TOML; a larger file is refused before it is parsed
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,10 @@ class Composite:
             if key not in params:
                 raise CompositeError(
                     f"composite {self.name!r} has no parameter {key!r} (it has: {', '.join(sorted(params)) or 'none'})")
-            params[key] = _parse_value(value)
+            try:
+                params[key] = _parse_value(value)
+            except CompositeError as exc:
+                raise CompositeError(f"composite {self.name!r}, parameter {key!r}: {exc}") from None
         composite = Composite(self.name, self.description, self.entries, params, self.source, self.parents)
         composite.rules_for_entries()  # validate every entry with the new values
         return composite
@@ -116,21 +120,38 @@ class Composite:
         return plan
 
 
+def _parse_number(value, whole):
+    """One number of a parameter value: an int or float, or a string holding one; CompositeError otherwise."""
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float's range
+            pass
+    raise CompositeError(f"parameter value {_short(whole)} is not a number or a flat list of numbers")
+
+
+def _short(value) -> str:
+    """repr of a value, cut to 80 characters (a 5,000-digit number or a huge list stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _parse_value(value):
-    """A parameter override: numbers stay numbers; strings like '0.5' or '[1,2,3]' are parsed."""
+    """A parameter override: numbers stay numbers; strings like '0.5' or '[1,2,3]' are parsed; lists must be flat
+    lists of numbers."""
     if isinstance(value, str):
         text = value.strip()
-        try:
-            if text.startswith("["):
-                return [float(v) for v in text.strip("[]").split(",") if v.strip()]
-            return float(text)
-        except ValueError:
-            raise CompositeError(f"parameter value {value!r} is not a number or a list of numbers") from None
+        if text.startswith("["):
+            return [_parse_number(v, value) for v in text.strip("[]").split(",") if v.strip()]
+        return _parse_number(text, value)
     if isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CompositeError(f"parameter value {value!r} is not a number or a list of numbers")
-    return float(value)
+        return [_parse_number(v, value) for v in value]
+    return _parse_number(value, value)
 
 
 def builtin_dir() -> Path:
@@ -171,9 +192,18 @@ def _load(path: Path, seen: tuple) -> Composite:
     if path.resolve() in seen:
         raise CompositeError(f"{source}: 'extends' forms a cycle")
     try:
+        if path.stat().st_size > MAX_COMPOSITE_BYTES:
+            raise CompositeError(f"{source}: {path.stat().st_size} bytes is too large for a composite (at most "
+                                 f"{MAX_COMPOSITE_BYTES // 1024} KB)")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise CompositeError(f"{source}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise CompositeError(f"{source}: not valid UTF-8 (byte {exc.start}); TOML files are UTF-8 text") from None
+    except RecursionError:
+        raise CompositeError(f"{source}: not valid TOML (arrays or tables nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        raise CompositeError(f"{source}: not valid TOML ({' '.join(str(exc).split(';')[0].split())[:120]})") from None
     except OSError as exc:
         raise CompositeError(f"cannot read composite {path}: {exc.strerror}") from None
     unknown = sorted(set(data) - TOP_KEYS)

@@ -74,15 +74,31 @@ def _back_attrs(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilat
 
 def window_counts(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilations,
                   include_pad: bool) -> np.ndarray:
-    """Each window's divisor: its positions inside the input, or (include_pad) inside the padded input."""
+    """Each window's divisor: its positions inside the input, or (include_pad) inside the padded input.
+
+    Per axis, window o covers o * stride - pad + k * dilation for k in [0, kernel); those in [low, high) are the k
+    from ceil((low - start) / dilation) to floor((high - 1 - start) / dilation), clipped to the kernel: O(out)
+    whatever the kernel's size, the product over axes by broadcasting."""
     counts = np.ones(out_spatial)
     nd = len(spatial)
     for i, n in enumerate(spatial):
         low, high = (-pads[i], n + pads[i + nd]) if include_pad else (0, n)
-        c = np.array([sum(1 for k in range(kernel[i]) if low <= o * strides[i] - pads[i] + k * dilations[i] < high)
-                      for o in range(out_spatial[i])], dtype=np.float64)
+        start = np.arange(out_spatial[i], dtype=np.int64) * strides[i] - pads[i]
+        first = np.maximum(-((start - low) // dilations[i]), 0)  # ceil((low - start) / d) = -floor((start - low) / d)
+        last = np.minimum((high - 1 - start) // dilations[i], kernel[i] - 1)
+        c = np.maximum(last - first + 1, 0).astype(np.float64)
         counts = counts * c.reshape((1,) * i + (-1,) + (1,) * (nd - i - 1))
     return counts
+
+
+def _check_pool_budget(b: GraphBuilder, view: NodeView, count: int, what: str) -> None:
+    """The compile budget for a pool's constant of `count` working-dtype values (the node's declared shape named)."""
+    from ..builder import shape_text
+    x = view.inputs[0]
+    info = view.info(x)
+    declared = shape_text(info.shape if info else None, info and info.symbols)
+    b.check_budget(count, b.dtype.itemsize, f"{what} (input {x!r} declared {declared}, kernel "
+                                            f"{list(view.attr('kernel_shape', []))})")
 
 
 def fit_pooled(b: GraphBuilder, view: NodeView, value: str, out_spatial: tuple) -> str:
@@ -112,6 +128,8 @@ def emit_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> E
     shape = view.shape(x)
     channels, spatial = shape[1], tuple(shape[2:])
     kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
+    _check_pool_budget(b, view, int(np.prod(out_spatial, dtype=np.float64)), "the window counts")
+    _check_pool_budget(b, view, channels * int(np.prod(kernel, dtype=np.float64)), "the kernel of ones")
     count = window_counts(spatial, out_spatial, kernel, strides, pads, dilations,
                           bool(view.attr("count_include_pad", 0)))
     s, stab = _norm_stabilize(b, view, rule, R[0])
@@ -172,6 +190,7 @@ def _max_pool_one_hot(b: GraphBuilder, view: NodeView, indices: str, R: str) -> 
     nd = len(spatial)
     kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
     K = int(np.prod(kernel))
+    _check_pool_budget(b, view, channels * K * K, "the one-hot kernels of the winners' offsets")
     position = b.op("Mod", [indices, b.const(int(np.prod(spatial)), dtype=np.int64)], "pos")
     offset = None
     for i in range(nd):
@@ -258,7 +277,10 @@ def wta_reduce(b: GraphBuilder, x: str, R_keep: str, axes: list, shape: tuple) -
     K = int(np.prod([shape[a] for a in axes]))
     flat = b.op("Reshape", [xt, b.ints([0] * len(kept) + [K])], "x_flat")
     arg = b.op("ArgMax", [flat], "argmax", axis=len(kept), keepdims=1)
-    winner = b.op("Equal", [arg, b.const(np.arange(K), dtype=np.int64)], "is_winner")
+    # positions 0 .. K - 1 from a Range at run time: no constant of K entries (K may be a declared 10^9)
+    positions = b.op("Range", [b.const(0, dtype=np.int64), b.const(K, dtype=np.int64), b.const(1, dtype=np.int64)],
+                     "positions")
+    winner = b.op("Equal", [arg, positions], "is_winner")
     R_flat = b.op("Reshape", [Rt, b.ints([0] * len(kept) + [1])], "R_flat")
     placed = b.op("Where", [winner, R_flat, b.const(0.0)], "R_placed")
     placed = b.op("Reshape", [placed, b.op("Shape", [xt], "xT_shape")], "R_xT")
