@@ -18,8 +18,10 @@ DEFAULT_MAX_CONSTANT_BYTES = 256 * 2 ** 20
 
 
 def megabytes(nbytes: float) -> str:
-    """A byte count as '12.3 MB' (MiB, as the budget option counts)."""
-    return f"{nbytes / 2 ** 20:.4g} MB"
+    """A byte count as '12.3 MB' or '23.8 GB' (binary units, as the budget option counts)."""
+    if nbytes >= 2 ** 30:
+        return f"{nbytes / 2 ** 30:.3g} GB"
+    return f"{nbytes / 2 ** 20:.3g} MB"
 
 
 def shape_text(shape, symbols=None) -> str:

@@ -207,11 +207,10 @@ class Explainer:
         try:
             values = dict(zip(self._output_names, self.session.run(None, feeds)))
         except Exception as exc:
+            self._check_rows(self._forward_logits(feeds), batch)  # the seed cannot pick a target per sample
             raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
         logits = values[self.meta["logits"]]
-        if logits.size == 0 or logits.size % batch or logits.shape[:1] != (batch,):
-            raise OnnxLrpError(f"output {self.meta['output']!r} has shape {logits.shape}, which is not one row per "
-                               f"sample of the batch of {batch}")
+        self._check_rows(logits, batch)
         flat = logits.reshape(batch, -1)
         _check_finite(values, self.meta, flat)
         if np.any(feeds[TARGET_INPUT] >= flat.shape[1]):
@@ -231,6 +230,31 @@ class Explainer:
             rules=dict(meta.get("rules", {})),
             graph=[tuple(entry) for entry in meta.get("graph", [])],
             edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()})
+
+    def _forward_logits(self, feeds: dict) -> Optional[np.ndarray]:
+        """The explained logits alone, from a session of the nodes they need (built on this failure path only;
+        onnxruntime runs every node of a session whatever the outputs asked for), None if they fail too."""
+        import onnxruntime as ort
+        try:
+            forward = _pruned(self.model, self.meta["logits"])
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            with _quiet_stderr():
+                session = ort.InferenceSession(forward.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+            wanted = {i.name for i in session.get_inputs()}
+            return session.run(None, {k: v for k, v in feeds.items() if k in wanted})[0]
+        except Exception:
+            return None
+
+    def _check_rows(self, logits: Optional[np.ndarray], batch: int) -> None:
+        """Refuse logits that are not one row per sample: the explained output is not batch-first (a layout the
+        declared shapes could not reveal at compile time)."""
+        if logits is None:
+            return
+        if logits.size == 0 or logits.size % batch or logits.shape[:1] != (batch,):
+            raise OnnxLrpError(f"output {self.meta['output']!r} has shape {logits.shape}, which is not one row per "
+                               f"sample of the batch of {batch}")
 
     def _targets(self, target, batch: int) -> np.ndarray:
         """Targets as (N,) int64; -1 means argmax (computed in the graph)."""
@@ -267,6 +291,32 @@ class Explainer:
             if out.name == self.meta["logits"] and out.shape and all(isinstance(d, int) for d in out.shape[1:]):
                 return int(np.prod(out.shape[1:]))
         return self._static_classes
+
+
+def _pruned(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """The part of a model that computes one output: its producing nodes, their initializers and inputs."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, stack, names = [], [output], set()
+    while stack:
+        name = stack.pop()
+        if name in names:
+            continue
+        names.add(name)
+        node = producer.get(name)
+        if node is not None:
+            needed.append(node)
+            stack.extend(i for i in node.input if i)
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    needed = sorted({id(n): n for n in needed}.values(), key=lambda n: order[id(n)])
+    out = onnx.ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    graph = out.graph
+    graph.node.extend(needed)
+    graph.input.extend(i for i in model.graph.input if i.name in names)
+    graph.initializer.extend(t for t in model.graph.initializer if t.name in names)
+    graph.output.extend(o for o in model.graph.output if o.name == output)
+    return out
 
 
 def _check_explainer_arguments(model, providers) -> None:

@@ -72,21 +72,31 @@ def _back_attrs(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilat
     return attrs
 
 
-def window_counts(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilations,
-                  include_pad: bool) -> np.ndarray:
-    """Each window's divisor: its positions inside the input, or (include_pad) inside the padded input.
+def axis_window_counts(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilations,
+                       include_pad: bool) -> list:
+    """Per spatial axis, each window's count of positions inside the input (or, include_pad, inside the padded
+    input); a window's divisor is the product of its axes' counts.
 
-    Per axis, window o covers o * stride - pad + k * dilation for k in [0, kernel); those in [low, high) are the k
-    from ceil((low - start) / dilation) to floor((high - 1 - start) / dilation), clipped to the kernel: O(out)
-    whatever the kernel's size, the product over axes by broadcasting."""
-    counts = np.ones(out_spatial)
+    Window o covers o * stride - pad + k * dilation for k in [0, kernel); those in [low, high) are the k from
+    ceil((low - start) / dilation) to floor((high - 1 - start) / dilation), clipped to the kernel: O(out) per axis
+    whatever the kernel's size."""
+    counts = []
     nd = len(spatial)
     for i, n in enumerate(spatial):
         low, high = (-pads[i], n + pads[i + nd]) if include_pad else (0, n)
         start = np.arange(out_spatial[i], dtype=np.int64) * strides[i] - pads[i]
         first = np.maximum(-((start - low) // dilations[i]), 0)  # ceil((low - start) / d) = -floor((start - low) / d)
         last = np.minimum((high - 1 - start) // dilations[i], kernel[i] - 1)
-        c = np.maximum(last - first + 1, 0).astype(np.float64)
+        counts.append(np.maximum(last - first + 1, 0).astype(np.float64))
+    return counts
+
+
+def window_counts(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilations,
+                  include_pad: bool) -> np.ndarray:
+    """Each window's divisor (out_spatial-shaped): the outer product of axis_window_counts."""
+    counts = np.ones(out_spatial)
+    nd = len(spatial)
+    for i, c in enumerate(axis_window_counts(spatial, out_spatial, kernel, strides, pads, dilations, include_pad)):
         counts = counts * c.reshape((1,) * i + (-1,) + (1,) * (nd - i - 1))
     return counts
 
@@ -128,16 +138,23 @@ def emit_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> E
     shape = view.shape(x)
     channels, spatial = shape[1], tuple(shape[2:])
     kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
-    _check_pool_budget(b, view, int(np.prod(out_spatial, dtype=np.float64)), "the window counts")
+    _check_pool_budget(b, view, int(sum(out_spatial)), "the window counts")
     _check_pool_budget(b, view, channels * int(np.prod(kernel, dtype=np.float64)), "the kernel of ones")
-    count = window_counts(spatial, out_spatial, kernel, strides, pads, dilations,
-                          bool(view.attr("count_include_pad", 0)))
+    counts = axis_window_counts(spatial, out_spatial, kernel, strides, pads, dilations,
+                                bool(view.attr("count_include_pad", 0)))
     s, stab = _norm_stabilize(b, view, rule, R[0])
-    s = fit_pooled(b, view, s, out_spatial)
-    if np.all(count == count.flat[0]):
-        scaled = b.op("Mul", [s, b.const(1.0 / count.flat[0])], "s_per_count")
-    else:
-        scaled = b.op("Div", [s, b.const(count.reshape((1, 1) + out_spatial))], "s_per_count")
+    scaled = fit_pooled(b, view, s, out_spatial)
+    # s / count with count the product of per-axis counts: one factor per axis whose counts vary (constants of
+    # out_i entries, not prod(out)), the axes with equal counts folded into one scalar
+    uniform, nd = 1.0, len(out_spatial)
+    for i, c in enumerate(counts):
+        if np.all(c == c[0]):
+            uniform *= c[0]
+            continue
+        factor = (1.0 / c).reshape((1, 1) + (1,) * i + (-1,) + (1,) * (nd - i - 1))
+        scaled = b.op("Mul", [scaled, b.const(factor, hint="per_count")], "s_per_count")
+    if uniform != 1.0 or scaled == s:
+        scaled = b.op("Mul", [scaled, b.const(1.0 / uniform)], "s_per_count")
     attrs = _back_attrs(spatial, out_spatial, kernel, strides, pads, dilations)
     ones_kernel = b.const(np.ones((channels, 1) + tuple(kernel)), hint="ones_kernel")
     back = b.op("ConvTranspose", [scaled, ones_kernel], "JTs", group=channels, **attrs)
