@@ -102,6 +102,120 @@ def add_chain(n: int, width: int = 4) -> onnx.ModelProto:
     return model_of(nodes, [vi("x", ["N", width])], [vi("y", ["N", width])], inits)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# fuzzing: random shape-op chains on axes declared small or huge, hostile names on random graphs
+GRADIENT_EXACT = {"Slice", "Gather", "Pad", "Transpose", "ReduceMax", "Resize", "MaxPool"}  # pass/wta = the gradient
+
+
+def random_shape_chain(seed: int, huge: bool) -> tuple:
+    """(model, x shape, ops): x (N, d1, .., dk) through 1-3 random shape ops (Slice, Gather, Pad, Transpose,
+    ReduceMax, Resize, MaxPool, AveragePool) and a Flatten. With huge, each axis is declared 10^9 (or 10^12) long
+    at random: the compile must stay small or refuse; otherwise axes are 2..6 long and the model runs."""
+    rng = np.random.default_rng(seed)
+    rank = int(rng.integers(2, 5))
+    shape = [int(rng.choice([HUGE, 10 ** 12])) if huge and rng.random() < 0.6 else int(rng.integers(2, 7))
+             for _ in range(rank - 1)]
+    x_shape = list(shape)
+    nodes, inits, ops, x = [], [], [], "x"
+    for k in range(int(rng.integers(1, 4))):
+        options = ["Slice", "Gather", "Pad", "Transpose", "ReduceMax"]
+        if len(shape) == 3:
+            options += ["Resize", "MaxPool", "AveragePool"]
+        op = str(rng.choice(options))
+        out, name = f"v{k}", f"op{k}"
+        axis = int(rng.integers(1, len(shape) + 1))
+        d = shape[axis - 1]
+        if op == "Slice":
+            step = int(rng.choice([-3, -2, -1, 1, 2, 3]))
+            start, end = (int(v) for v in rng.integers(-min(d, 8) - 2, min(d, 8) + 2, 2))
+            length = len(range(*slice(start, end, step).indices(d)))
+            if length == 0:
+                start, end, step, length = 0, 1, 1, 1
+            inits += [const(f"{name}_{t}", [v], np.int64) for t, v in
+                      (("s", start), ("e", end), ("a", axis), ("t", step))]
+            nodes.append(helper.make_node("Slice", [x] + [f"{name}_{t}" for t in "seat"], [out], name=name))
+            shape[axis - 1] = length
+        elif op == "Gather":
+            indices = rng.integers(-min(d, 6), min(d, 6), int(rng.integers(1, 5)))
+            inits.append(const(f"{name}_i", indices, np.int64))
+            nodes.append(helper.make_node("Gather", [x, f"{name}_i"], [out], axis=axis, name=name))
+            shape[axis - 1] = len(indices)
+        elif op == "Pad":
+            mode = str(rng.choice(["constant", "reflect", "edge", "wrap"]))
+            limit = min(d - 1, 3) if mode in ("reflect", "wrap") else 3
+            pads = [0] * (2 * (len(shape) + 1))
+            low = -min(d - 1, 2) if mode == "constant" else 0
+            pads[axis], pads[axis + len(shape) + 1] = (int(v) for v in rng.integers(low, max(limit, 0) + 1, 2))
+            if d + pads[axis] + pads[axis + len(shape) + 1] < 1:  # a crop that leaves nothing
+                pads = [0] * len(pads)
+            inits.append(const(f"{name}_p", pads, np.int64))
+            nodes.append(helper.make_node("Pad", [x, f"{name}_p"], [out], mode=mode, name=name))
+            shape[axis - 1] = d + pads[axis] + pads[axis + len(shape) + 1]
+        elif op == "Transpose":
+            perm = [0] + [int(v) + 1 for v in rng.permutation(len(shape))]
+            nodes.append(helper.make_node("Transpose", [x], [out], perm=perm, name=name))
+            shape = [shape[i - 1] for i in perm[1:]]
+        elif op == "ReduceMax":
+            nodes.append(helper.make_node("ReduceMax", [x], [out], axes=[axis], keepdims=1, name=name))
+            shape[axis - 1] = 1
+        elif op == "Resize":
+            scales = [1.0, 1.0] + [float(v) for v in rng.integers(1, 3, 2)]
+            inits.append(const(f"{name}_sc", scales))
+            nodes.append(helper.make_node("Resize", [x, "", f"{name}_sc"], [out], mode="nearest", name=name))
+            shape = shape[:1] + [int(a * b) for a, b in zip(shape[1:], scales[2:])]
+        else:  # MaxPool, AveragePool
+            kernel = [int(rng.integers(1, min(dim, 3) + 1)) for dim in shape[1:]]
+            nodes.append(helper.make_node(op, [x], [out], kernel_shape=kernel, name=name))
+            shape = shape[:1] + [dim - k + 1 for dim, k in zip(shape[1:], kernel)]
+        ops.append(op)
+        x = out
+    if huge:  # a Flatten's size would overflow int64: sum everything per sample instead
+        inits.append(const("all_axes", list(range(1, len(shape) + 1)), np.int64))
+        nodes.append(helper.make_node("ReduceSum", [x, "all_axes"], ["y"], keepdims=0, name="total"))
+        outputs = [vi("y", ["N"])]
+    else:
+        nodes.append(helper.make_node("Flatten", [x], ["y"], axis=1, name="flatten"))
+        outputs = [vi("y", ["N", int(np.prod(shape))])]
+    return model_of(nodes, [vi("x", ["N"] + x_shape)], outputs, inits), tuple(x_shape), ops
+
+
+HOSTILE_NAMES = ("lrp/_/R_sum", "lrp/_/s", "lrp/_/s_2", "lrp/_", "lrp", "a/b", "b/c", "a", "x/../y", "\u540d\u524d",
+                 "tab\there", "new\nline", "Traceback (most recent call last):", "lrp/_/Add_node", "lrp/_/x_shape")
+RESERVED_NAMES = ("lrp/total", "lrp/sum/x", "lrp_target", "lrp/relevance/x")
+
+
+def renamed(model: onnx.ModelProto, rng: np.random.Generator, reserved: bool) -> tuple:
+    """(copy of model with its inner values and nodes renamed to hostile names, whether a reserved name was used):
+    values get distinct names drawn from HOSTILE_NAMES (a counter appended on reuse), nodes any of them (duplicates
+    and empty names included); with reserved, one value takes a name onnxlrp reserves."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    inner = [o for node in graph.node for o in node.output if o not in keep] + [t.name for t in graph.initializer]
+    mapping, used = {}, set()
+    for name in inner:
+        new = str(rng.choice(HOSTILE_NAMES))
+        k = 1
+        while new in used:
+            k += 1
+            new = f"{new.rsplit('#', 1)[0]}#{k}"
+        used.add(new)
+        mapping[name] = new
+    took_reserved = bool(reserved and inner)
+    if took_reserved:
+        mapping[inner[int(rng.integers(len(inner)))]] = str(rng.choice(RESERVED_NAMES))
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = mapping.get(name, name)
+        for i, name in enumerate(node.output):
+            node.output[i] = mapping.get(name, name)
+        node.name = str(rng.choice(HOSTILE_NAMES + ("",)))
+    for tensor in graph.initializer:
+        tensor.name = mapping.get(tensor.name, tensor.name)
+    return out, took_reserved
+
+
 BOMBS = {
     "gather_unique": lambda: gather([0, 2, 1]),
     "gather_repeated": lambda: gather([3, 0, 3, 3]),
@@ -115,9 +229,16 @@ BOMBS = {
 }
 
 
+def peak_resident_mib() -> float:
+    """This process's peak resident memory (VmHWM; getrusage's ru_maxrss would count the forking parent's pages)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def main(names: list, limit_bytes: int) -> None:
     """Compile each named bomb under RLIMIT_AS = limit_bytes; one JSON line each: outcome, message, file size,
-    seconds, and the process's peak resident memory so far (MiB)."""
+    seconds, and the process's peak resident memory so far (MiB, VmHWM)."""
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
     import onnxlrp
     for name in names:
@@ -129,7 +250,7 @@ def main(names: list, limit_bytes: int) -> None:
             outcome, message, size = type(exc).__name__, str(exc), 0
         except MemoryError:
             outcome, message, size = "MemoryError", "", 0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = peak_resident_mib()
         print(json.dumps({"name": name, "outcome": outcome, "message": message, "bytes": size,
                           "seconds": time.perf_counter() - start, "peak_mib": peak}), flush=True)
 
