@@ -1,13 +1,13 @@
-"""CLI command: onnxlrp bench MODEL (forward pass vs explanation on this machine), attached to the `onnxlrp` group."""
+"""CLI command: onnxlrp bench MODEL (forward pass vs explanation on this machine)."""
 from __future__ import annotations
 
 import click
 
-from .cli import composite_option, main, parse_sets, set_option
+from .cli_options import command, composite_option, model_argument, parse_sets, set_option
 
 
-@main.command("bench")
-@click.argument("model", type=click.Path(dir_okay=False))
+@command("bench", short_help="Time the forward pass against the explanation.")
+@model_argument
 @composite_option
 @set_option
 @click.option("--batch", "-b", default=1, show_default=True, help="Batch size (the model's dynamic first axis).")
@@ -34,11 +34,14 @@ def bench_cmd(model, composite, sets, batch, providers, repeats, warmup, threads
     click.echo(f"forward:      {_ms(result.forward_s)}")
     click.echo(f"explanation:  {_ms(result.explanation_s)} = {result.ratio:.2f}x the forward pass")
     click.echo(f"explain():    {_ms(result.explain_api_s)} (with input checks and result packing)")
-    click.echo(f"throughput:   {result.per_second:.1f} explanations/s "
-               f"({result.per_second * result.batch:.1f} samples/s)")
+    click.echo(f"throughput:   {result.samples_per_second:.1f} samples explained/s "
+               f"({result.batches_per_second:.1f} batches of {result.batch}/s)")
 
 
 def _ms(seconds: float) -> str:
     """Milliseconds with a sensible number of digits."""
     ms = seconds * 1e3
     return f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+COMMANDS = (bench_cmd,)

@@ -18,7 +18,9 @@ from .composites import Composite, load_composite
 from .emitters import NodeView, accepted_rules, lookup
 from .errors import (ArgumentError, ArgumentTypeError, CompileError, ModelLoadError, NodeProblem, OnnxLrpError,
                      UnsupportedModelError)
+from .fold import fold_constants
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
+from .prune import prune_unused
 from .shapes import annotate_shapes, check_model
 from .trust import CONSERVATION_KEY, DIGEST_KEY, graph_digest, parse_metadata
 
@@ -318,7 +320,7 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         raise OnnxLrpError("this model is already compiled by onnxlrp; compile the original model instead")
     comp = load_composite(composite, params)
     check_reserved_names(source)
-    canon = canonicalize(source)
+    canon = canonicalize(fold_constants(source))
     plan = plan_model(canon, comp, output)
     index = plan.index
     check_batch_first(index, plan.output, plan.explained)
@@ -424,6 +426,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     graph.input.append(target_vi)
     graph.output.extend(outputs)
     model.ir_version = source.ir_version
+    prune_unused(model)
     annotate_shapes(model)
     del model.metadata_props[:]
     model.metadata_props.extend(source.metadata_props)
