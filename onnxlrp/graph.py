@@ -165,7 +165,9 @@ def inconsistency(model: ModelLike) -> str | None:
     except ModelLoadError as exc:
         return str(exc)
     try:
-        shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+        from .shapes import data_propagation_is_safe, weightless  # dims and types only, bounded propagation
+        shape_inference.infer_shapes(weightless(proto), check_type=True, strict_mode=True,
+                                     data_prop=data_propagation_is_safe(proto))
     except Exception as exc:
         return f"the model is inconsistent: {_first_line(exc)}"
     return None
@@ -219,9 +221,10 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run ONNX shape inference (data propagation on); fall back to the model unchanged if it fails.
     The result carries the inferred value infos; large weights are left out of it (see shapes.weightless)."""
-    from .shapes import weightless
+    from .shapes import data_propagation_is_safe, weightless
     try:
-        return shape_inference.infer_shapes(weightless(model), check_type=False, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(weightless(model), check_type=False, strict_mode=False,
+                                            data_prop=data_propagation_is_safe(model))
     except Exception:
         return model
 

@@ -35,6 +35,38 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+# ONNX's data propagation computes the values of generator ops (ConstantOfShape, Expand, Range, Tile) from shape
+# values, ~70 bytes per element whatever their size: a ConstantOfShape of a dimension declared 10^9 long took 70 GB
+# inside shape inference. Shape values are short in any real model; beyond this many elements, no data propagation.
+DATA_PROPAGATION_MAX = 1 << 22
+GENERATOR_OPS = ("ConstantOfShape", "Expand", "Range", "Tile", "OneHot")
+
+
+def data_propagation_is_safe(model: onnx.ModelProto) -> bool:
+    """False when ONNX's data propagation could materialise a huge vector: the graph holds a generator op and some
+    declared tensor has more than DATA_PROPAGATION_MAX elements, or an integer initializer is that long or holds a
+    value that large (shape inference then runs without data propagation)."""
+    graph = model.graph
+    if not any(n.op_type in GENERATOR_OPS for n in graph.node):
+        return True
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        if math.prod(dims) > DATA_PROPAGATION_MAX:
+            return False
+    for tensor in graph.initializer:
+        if tensor.data_type in FLOAT_STUBS:
+            continue
+        if math.prod(tensor.dims) > DATA_PROPAGATION_MAX:
+            return False
+        try:
+            values = onnx.numpy_helper.to_array(tensor)
+        except Exception:
+            return False
+        if values.size and values.dtype.kind in "iu" and np.abs(values.astype(np.float64)).max() > DATA_PROPAGATION_MAX:
+            return False
+    return True
+
+
 def annotate_shapes(model: onnx.ModelProto) -> None:
     """Add the inferred shape (symbolic batch included) of every value that has none, in place.
 
@@ -45,7 +77,7 @@ def annotate_shapes(model: onnx.ModelProto) -> None:
     runs on weightless(model) (fast, no large copy). Any failure leaves the model as is."""
     try:
         inferred = shape_inference.infer_shapes(weightless(model), check_type=False, strict_mode=False,
-                                                data_prop=True)
+                                                data_prop=data_propagation_is_safe(model))
     except Exception:
         return
     known = {v.name for v in model.graph.value_info} | {v.name for v in model.graph.input}

@@ -91,6 +91,36 @@ def max_pool_opset13(channels: int = 64, kernel: int = 100, side: int = 200) -> 
     return model_of(nodes, [vi("x", ["N", channels, side, side])], [vi("y", ["N", channels * out * out])], opset=13)
 
 
+def constant_of_shape(dim: int = HUGE) -> onnx.ModelProto:
+    """x (N, dim) * ConstantOfShape(Shape(x)[1:]) summed: folding and ONNX's data propagation would materialise
+    the dim-long constant (was: 2.4 GB and 'the model is inconsistent: std::bad_alloc')."""
+    ones = numpy_helper.from_array(np.array([1.0], np.float32))
+    nodes = [helper.make_node("Shape", ["x"], ["s"], start=1, name="shape"),
+             helper.make_node("ConstantOfShape", ["s"], ["c"], value=ones, name="fill"),
+             helper.make_node("Mul", ["x", "c"], ["m"], name="scale"),
+             helper.make_node("ReduceSum", ["m", "ax"], ["y"], keepdims=1, name="total")]
+    return model_of(nodes, [vi("x", ["N", dim])], [vi("y", ["N", 1])], [const("ax", [1], np.int64)])
+
+
+def constant_range(dim: int = HUGE) -> onnx.ModelProto:
+    """x (N, dim) * Cast(Range(0, dim, 1)) summed: a constant-only Range of dim entries."""
+    nodes = [helper.make_node("Range", ["zero", "limit", "one"], ["r"], name="range"),
+             helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Mul", ["x", "rf"], ["m"], name="scale"),
+             helper.make_node("ReduceSum", ["m", "ax"], ["y"], keepdims=1, name="total")]
+    inits = [const("ax", [1], np.int64), const("zero", 0, np.int64), const("limit", dim, np.int64),
+             const("one", 1, np.int64)]
+    return model_of(nodes, [vi("x", ["N", dim])], [vi("y", ["N", 1])], inits)
+
+
+def reshape_to_own_shape(dim: int = HUGE) -> onnx.ModelProto:
+    """Reshape(x, Shape(x)) summed: foldable, and the folded model's check would run on a random (2, dim) input."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Reshape", ["x", "s"], ["r"], name="reshape"),
+             helper.make_node("ReduceSum", ["r", "ax"], ["y"], keepdims=1, name="total")]
+    return model_of(nodes, [vi("x", ["N", dim])], [vi("y", ["N", 1])], [const("ax", [1], np.int64)])
+
+
 def add_chain(n: int, width: int = 4) -> onnx.ModelProto:
     """x (N, width) -> n Adds of a constant -> y."""
     nodes, inits, value = [], [], "x"
@@ -226,6 +256,9 @@ BOMBS = {
     "resize_up": resize_up,
     "average_pool": average_pool,
     "max_pool_opset13": max_pool_opset13,
+    "constant_of_shape": constant_of_shape,
+    "constant_range": constant_range,
+    "reshape_to_own_shape": reshape_to_own_shape,
 }
 
 
