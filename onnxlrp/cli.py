@@ -109,8 +109,8 @@ register_commands(main)
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point for tests: run the CLI and return its exit code."""
     try:
-        main.main(args=list(argv) if argv is not None else None, standalone_mode=False)
-        return 0
+        code = main.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        return code if isinstance(code, int) else 0  # click hands back ctx.exit(code) as the return value
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

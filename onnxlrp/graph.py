@@ -15,6 +15,7 @@ from .errors import ModelLoadError
 
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
+PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: the largest message protobuf parses (external data files do not count)
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
@@ -136,6 +137,10 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
             raise ModelLoadError(f"model path is not a file: {path}")
         if path.stat().st_size == 0:
             raise ModelLoadError(f"model file is empty: {path}")
+        if path.stat().st_size > PROTOBUF_LIMIT:  # nothing is read: protobuf could not parse it anyway
+            raise ModelLoadError(f"{path} is {path.stat().st_size / 2 ** 30:.3g} GB, beyond protobuf's 2 GB limit "
+                                 f"for one message: an ONNX model that large keeps its weights in external data "
+                                 f"files (onnx.save_model(..., save_as_external_data=True)); refused unread")
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises DecodeError and friends

@@ -127,7 +127,7 @@ class Explainer:
     def __init__(self, model: Union[ModelLike, onnx.ModelProto], composite: Optional[str] = None, *,
                  params: Optional[dict] = None, output: Optional[str] = None, init: Optional[str] = None,
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
-                 session_options=None) -> None:
+                 session_options=None, max_constant_bytes: Optional[int] = None) -> None:
         import onnxruntime as ort
         _check_explainer_arguments(model, providers)
         proto = source = load_model(model)
@@ -135,7 +135,8 @@ class Explainer:
         meta = compiled_metadata(proto, where)
         if meta is None:
             proto = compile_model(proto, composite or "epsilon_plus", params=params, output=output,
-                                  init=init or "logit", node_relevance=node_relevance)
+                                  init=init or "logit", node_relevance=node_relevance,
+                                  max_constant_bytes=max_constant_bytes)
             meta = compiled_metadata(proto)
         else:  # a compiled model: an option that needs a new compilation is refused, not ignored
             refuse_other_options(meta, composite, params, output, init)

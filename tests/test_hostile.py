@@ -428,3 +428,85 @@ def test_api_arguments_are_validated_by_name(call, error, message):
     with pytest.raises(error, match=message):
         call()
     assert issubclass(ArgumentTypeError, TypeError) and issubclass(ArgumentError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the input side: files checked for what they declare before they are read
+INFLATED = 3584 << 20      # 3.5 GiB: what the .npz bombs inflate to (the zip entry's size field holds 32 bits)
+CLI_MEMORY_LIMIT = 2 << 30  # address space of the subprocess that runs the CLI on them (onnxruntime included)
+CLI_PEAK_MIB = 700         # resident memory it may reach (explaining the MLP alone takes ~300 MiB)
+
+
+def test_hostile_input_files_end_in_one_line_in_bounded_memory(tmp_path):
+    """Under a 2 GiB address-space limit: .npz members that inflate to 3.5 GiB (honest zip sizes, lying ones, a
+    small header on a huge stream), a .npy header declaring 1e9 rows, PNGs declaring 30000^2, 12000^2 and 7000^2
+    pixels, --size 100000,100000, --feature-names /dev/zero, a 3 GB garbage .onnx, --max-input-mb: one 'error:'
+    line and exit 2 each (no Pillow warning lines), or an explanation where the file is honest about its size
+    (before: 14.5 GB then a misleading onnxruntime error, 15 GB, an unbounded read, a 3 GB read)."""
+    from hostile_files import header_only_npy, png_header_only, sparse_file, zip_bomb
+    mlp, cnn = str(MLP), str(MLP.parent / "digits_cnn.onnx")
+    rows = 2 * INFLATED // (64 * 4) // 2
+    files = {
+        "honest": zip_bomb(tmp_path / "honest.npz", "input.npy", (rows, 64), INFLATED, INFLATED),
+        "lying": zip_bomb(tmp_path / "lying.npz", "input.npy", (rows, 64), INFLATED, 1 << 16),
+        "small_header": zip_bomb(tmp_path / "small.npz", "input.npy", (2, 64), INFLATED, 2 * 64 * 4 + 128),
+        "npy": header_only_npy(tmp_path / "huge.npy", (10 ** 9, 64)),
+        "png30k": png_header_only(tmp_path / "p30k.png", 30000, 30000),
+        "png12k": png_header_only(tmp_path / "p12k.png", 12000, 12000),
+        "png7k": png_header_only(tmp_path / "p7k.png", 7000, 7000),
+        "onnx3g": sparse_file(tmp_path / "garbage.onnx", 3 << 30),
+    }
+    np.save(tmp_path / "x.npy", SAMPLES[:2])
+    x = str(tmp_path / "x.npy")
+    cases = {
+        "honest": (["explain", mlp, "-i", files["honest"]],
+                   f"^error: array 'input' of {files['honest']} declares 3\\.5 GB decompressed, beyond the input "
+                   f"budget of 1 GB \\(--max-input-mb\\)$"),
+        "lying": (["explain", mlp, "-i", files["lying"]],
+                  f"^error: array 'input' of {files['lying']} declares an array of shape \\({rows}, 64\\) float32 "
+                  f"\\(3\\.5 GB\\), beyond the input budget of 1 GB \\(--max-input-mb\\)$"),
+        "small_header": (["explain", mlp, "-i", files["small_header"]], None),
+        "npy": (["explain", mlp, "-i", files["npy"]],
+                r"^error: input file .*huge\.npy declares an array of shape \(1000000000, 64\) float32 \(238 GB\)"),
+        "png30k": (["explain", cnn, "-i", files["png30k"]],
+                   r"^error: image .*p30k\.png declares 900 Mpx, beyond the image budget of 33\.6 Mpx \(nothing was "
+                   r"decoded\)$"),
+        "png12k": (["explain", cnn, "-i", files["png12k"]], r"^error: image .*p12k\.png declares 144 Mpx, beyond"),
+        "png7k": (["explain", cnn, "-i", files["png7k"]],
+                  r"^error: image .*p7k\.png declares 7000x7000 pixels \(49 Mpx\), beyond the image budget"),
+        "size": (["explain", cnn, "-i", files["png7k"], "--size", "100000,100000"],
+                 r"^error: --size 100000,100000 is 1e\+04 Mpx, beyond the image budget of 33\.6 Mpx$"),
+        "feature_names": (["explain", mlp, "-i", x, "--feature-names", "/dev/zero"],
+                          r"^error: cannot read feature names from /dev/zero: not a regular file$"),
+        "onnx3g": (["compile", files["onnx3g"], "-o", tmp_path / "out.onnx"],
+                   r"^error: .*garbage\.onnx is 3 GB, beyond protobuf's 2 GB limit for one message"),
+        "budget": (["explain", mlp, "-i", x, "--max-input-mb", "0.0001"],
+                   r"^error: input file .*x\.npy declares an array of shape \(2, 64\) float32 \(512 bytes\), beyond "
+                   r"the input budget of 104 bytes \(--max-input-mb\)$"),
+    }
+    words = [[str(w) for w in args] for args, _ in cases.values()]
+    result = subprocess.run([sys.executable, str(HERE / "hostile_files.py"), str(CLI_MEMORY_LIMIT),
+                             json.dumps(words)], capture_output=True, text=True, timeout=600, cwd=HERE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcomes = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(outcomes) == len(cases)
+    for (name, (_, message)), row in zip(cases.items(), outcomes):
+        assert row["peak_mib"] < CLI_PEAK_MIB, (name, row)
+        if message is None:  # an honest header: the 2 declared rows are read, the rest is never inflated
+            assert row["code"] == 0 and not row["stderr"] and row["stdout_chars"] > 100, (name, row)
+            continue
+        assert row["code"] == 2 and len(row["stderr"]) == 1, (name, row)
+        assert __import__("re").match(message, row["stderr"][0]), (name, row["stderr"][0])
+
+
+def test_a_compiled_file_refuses_the_no_check_flag_only_when_it_conserves(compiled_mlp, tmp_path):
+    """--no-check lets a forged graph through (it is the caller's choice), without it the identity is checked;
+    --max-constant-mb reaches the compiler."""
+    forged = _edited(compiled_mlp, tmp_path / "forged.onnx", _rewire_relevance, refresh_digest=True)
+    np.save(tmp_path / "x.npy", SAMPLES[:2])
+    assert "does not conserve relevance" in one_line_cli_error("explain", forged, "-i", tmp_path / "x.npy")
+    result = CliRunner().invoke(main, ["explain", str(forged), "-i", str(tmp_path / "x.npy"), "--no-check"])
+    assert result.exit_code == 0, result.output
+    onnx.save(resize_up(side=64), str(tmp_path / "resize.onnx"))
+    assert "beyond the compile budget of 0.0312 MB" in one_line_cli_error(
+        "compile", tmp_path / "resize.onnx", "-o", tmp_path / "o.onnx", "--max-constant-mb", "0.03125")
