@@ -107,8 +107,7 @@ class GraphBuilder:
         """Append one node; returns its output name (or a list of names when n_out > 1)."""
         outputs = [self.fresh(f"{hint or op_type.lower()}") for _ in range(n_out)]
         inputs = [self.working(i) for i in inputs]
-        node = helper.make_node(op_type, list(inputs), outputs, name=self.fresh(f"{op_type}_node"), **attrs)
-        self.nodes.append(node)
+        self.nodes.append(_node(op_type, inputs, outputs, self.fresh(f"{op_type}_node"), attrs))
         return outputs[0] if n_out == 1 else outputs
 
     def op_named(self, op_type: str, inputs: Sequence[str], output: str, **attrs) -> str:
@@ -118,7 +117,7 @@ class GraphBuilder:
                                f"rename that value (or node) in the model")
         self._taken.add(output)
         inputs = [self.working(i) for i in inputs]
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=self.fresh(f"{op_type}_node"), **attrs))
+        self.nodes.append(_node(op_type, inputs, [output], self.fresh(f"{op_type}_node"), attrs))
         return output
 
     def working(self, name: str) -> str:
@@ -250,6 +249,15 @@ class GraphBuilder:
         if len(names) == 2:
             return self.op("Add", names, hint)
         return self.op("Sum", names, hint)
+
+
+def _node(op_type: str, inputs: list, outputs: list, name: str, attrs: dict) -> onnx.NodeProto:
+    """A NodeProto as helper.make_node builds it (attributes sorted by name), without its per-call overhead (a
+    compile builds about ten nodes per source node)."""
+    node = onnx.NodeProto(op_type=op_type, input=inputs, output=outputs, name=name)
+    if attrs:
+        node.attribute.extend(helper.make_attribute(key, value) for key, value in sorted(attrs.items()))
+    return node
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:

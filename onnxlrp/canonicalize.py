@@ -230,6 +230,8 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold a per-channel Mul / Div by a constant and Add / Sub of a constant after a Conv into its weight and bias
     (tf2onnx writes a Keras 3 depthwise convolution's BatchNorm, and sometimes a bias, so):
     (W x + b) * k + c = (k W) x + (k b + c), per output channel; repeated while the chain goes on."""
+    if not _has_op(model, "Conv"):  # no index to build (shape inference on the whole graph)
+        return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()

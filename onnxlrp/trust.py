@@ -117,32 +117,37 @@ def verify_digest(model: onnx.ModelProto, meta: dict, where: str) -> None:
                              f"recorded); recompile from the source model")
 
 
+_TOLERANCES: dict = {}
+
+
 def conservation_tolerance(dtype) -> float:
-    """The relative tolerance of the identity in a dtype: CONSERVATION_RTOL_FACTOR * sqrt(eps)."""
-    return CONSERVATION_RTOL_FACTOR * float(np.sqrt(np.finfo(np.dtype(dtype)).eps))
+    """The relative tolerance of the identity in a dtype: CONSERVATION_RTOL_FACTOR * sqrt(eps) (cached)."""
+    dtype = np.dtype(dtype)
+    if dtype not in _TOLERANCES:
+        _TOLERANCES[dtype] = CONSERVATION_RTOL_FACTOR * float(np.sqrt(np.finfo(dtype).eps))
+    return _TOLERANCES[dtype]
 
 
 def check_conservation(total: np.ndarray, relevance: dict, bias: dict, stabilizer: np.ndarray) -> None:
     """Raise ConservationError for the first sample where |total - (inputs + biases + stabilizer)| exceeds the
-    tolerance times (|total| + the L1 mass of the terms); sums in float64."""
+    tolerance times (|total| + the L1 mass of the terms); sums in float64 over the terms laid side by side (one
+    sum and one absolute sum per batch, whatever the number of bias outputs)."""
     n = total.shape[0]
-    terms = [np.asarray(v).reshape(n, -1) for v in list(relevance.values()) + list(bias.values())]
-    terms.append(np.asarray(stabilizer).reshape(n, 1))
-    explained = np.zeros(n)
-    mass = np.zeros(n)
-    for term in terms:
-        explained += term.sum(axis=1, dtype=np.float64)
-        mass += np.abs(term).sum(axis=1, dtype=np.float64)
+    terms = [v.reshape(n, -1) for v in relevance.values()] + [v.reshape(n, -1) for v in bias.values()]
+    terms.append(stabilizer.reshape(n, 1))
+    dtype = total.dtype if total.dtype.kind == "f" else np.dtype(np.float32)
+    side = np.concatenate(terms, axis=1, dtype=np.result_type(*terms)) if len(terms) > 1 else terms[0]
+    explained = side.sum(axis=1, dtype=np.float64)
+    mass = np.abs(side).sum(axis=1, dtype=np.float64)
     total64 = total.astype(np.float64)
-    rtol = conservation_tolerance(total.dtype if total.dtype.kind == "f" else np.float32)
+    rtol = conservation_tolerance(dtype)
     gap = np.abs(explained - total64)
-    allowed = rtol * (np.abs(total64) + mass)
-    bad = np.flatnonzero(gap > allowed)
+    bad = np.flatnonzero(gap > rtol * (np.abs(total64) + mass))
     if bad.size:
         i = int(bad[0])
         relative = gap[i] / max(abs(total64[i]), 1e-300)
         raise ConservationError(
             f"the explanation does not conserve relevance: sample {i} has total {total64[i]:.6g} but inputs + biases "
             f"+ stabilizer = {explained[i]:.6g} (relative error {relative:.2e}, tolerance {rtol:.1e} in "
-            f"{total.dtype}; {bad.size} of {n} sample(s)): the compiled model is broken (edited, or an onnxlrp bug: "
+            f"{dtype}; {bad.size} of {n} sample(s)): the compiled model is broken (edited, or an onnxlrp bug: "
             f"please report it); check=False / --no-check skips this check")
