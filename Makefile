@@ -20,6 +20,10 @@ $(STAMP_TEST): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	# zennit asks for torch and torchvision unpinned: install it alone, the constraints keep torch at the local CPU build
 	$(PIP) install -q --no-deps zennit==0.5.1
+	# quantus asks for torch, torchvision and opencv-python: install it alone (the test extras bring what it imports)
+	$(PIP) install -q --no-deps quantus==0.6.0
+	# models as deployed (tests/test_deployed_models.py): the ONNX files these wheels ship, without their runtimes
+	$(PIP) install -q --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2
 	touch $@ $(STAMP_RUN)
 
 demo: $(STAMP_RUN)

@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 import click
 
 from .cli_options import (check_output_file, command, constant_budget, explain_composite_option, input_options,
-                          model_argument, note, output_option, parse_sets, parse_targets, read_inputs, set_option,
-                          target_option)
+                          mask_arguments, mask_options, model_argument, note, output_option, parse_model_shapes,
+                          parse_sets, parse_targets, read_inputs, set_option, shape_option, target_option)
 
 SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
 
@@ -30,10 +30,12 @@ SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
 @click.option("--feature-names", default=None, type=click.Path(dir_okay=False),
               help="A text file with one name per input value (per feature of a flat input, per pixel and "
                    "channel of an image): names the printed top positions and the bars of the chart.")
+@mask_options
+@shape_option
 @click.option("--no-check", "no_check", is_flag=True,
               help="Do not verify total = inputs + biases + stabilizer for every sample (a few sums; see the README).")
 def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, out, top, heatmap,
-                overlay, feature_names, no_check) -> None:
+                overlay, feature_names, region, channel, anchor, mask_file, shapes, no_check) -> None:
     """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
     from .report import conservation_line, top_positions
     from .runtime import Explainer
@@ -44,17 +46,22 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
         heatmap_format(heatmap)
     target = parse_targets(targets)
     names = _feature_names(feature_names)
+    masks = mask_arguments(region, channel, anchor, mask_file)
     explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name,
-                          max_constant_bytes=constant_budget())
+                          shapes=parse_model_shapes(model, shapes), max_constant_bytes=constant_budget())
     inputs = read_inputs(explainer, input_file, keys, size, mean, std)
     named = _named_inputs(names, inputs)
-    exp = explainer.explain(inputs, target, check=not no_check)
+    exp = explainer.explain(inputs, target, check=not no_check, **masks)
     n = exp.total.shape[0]
     click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}")
     for i in range(min(n, SHOWN_SAMPLES)):
         logits = exp.output.reshape(n, -1)[i]
-        click.echo(f"sample {i}: predicted {int(logits.argmax())}, explained target {int(exp.target[i])} "
-                   f"(output {float(logits[exp.target[i]]):.6g})")
+        if exp.target_mask is not None:
+            click.echo(f"sample {i}: explained sum(mask * output) over "
+                       f"{int((exp.target_mask[i] != 0).sum())} output entries = {float(exp.total[i]):.6g}")
+        else:
+            click.echo(f"sample {i}: predicted {int(logits.argmax())}, explained target {int(exp.target[i])} "
+                       f"(output {float(logits[exp.target[i]]):.6g})")
         click.echo("  " + conservation_line(exp, i))
         for name, rel in exp.relevance.items():
             labels = names if name in named else None
