@@ -64,11 +64,11 @@ def test_declared_shape_bombs_compile_small_or_are_refused_in_bounded_memory():
                "max_pool_opset13": r"^node 'pool' \(MaxPool, rule wta\): the one-hot kernels of the winners' offsets "
                                    r"\(input 'x' declared \(N, 64, 200, 200\), kernel \[100, 100\]\) needs a "
                                    r"constant of 23\.8 GB, beyond the compile budget of 256 MB"}
-    unsupported = {"constant_of_shape", "constant_range"}  # a product with a run-time tensor: refused, not a crash
+    run_time = {"constant_of_shape", "constant_range"}  # a product with a tensor left to run time: never folded
     for name, row in rows.items():
         assert row["peak_mib"] < BOMB_PEAK_MIB, row
-        if name in unsupported:
-            assert row["outcome"] == "UnsupportedModelError" and "Mul x1 (scale)" in row["message"], row
+        if name in run_time:
+            assert row["outcome"] in ("compiled", "UnsupportedModelError") and row["bytes"] < 1_000_000, row
         elif name in refused:
             assert row["outcome"] == "CompileBudgetError", row
             assert __import__("re").match(refused[name], row["message"]), row["message"]
