@@ -73,6 +73,8 @@ def _single_consumer(index: GraphIndex, value: str, graph_outputs: set) -> Optio
 def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold an inference BatchNormalization into the Conv/ConvTranspose/Gemm before it:
     w' = w * gamma / sqrt(var + eps) per output channel, b' = (b - mean) * gamma / sqrt(var + eps) + beta."""
+    if not _has_op(model, "BatchNormalization"):  # no index to build (shape inference on the whole graph)
+        return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()
@@ -147,6 +149,8 @@ def fold_batchnorm_into_next(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold an inference BatchNormalization into the linear node that is its only consumer (BN -> Conv without
     padding, BN -> Gemm, BN -> MatMul on rank 2): with BN(x) = k x + c per input channel, W' = W diag(k) and
     b' = b + W c (for a Conv: the sum of each filter's taps times c of their channel)."""
+    if not _has_op(model, "BatchNormalization"):
+        return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()
@@ -227,6 +231,8 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold a per-channel Mul / Div by a constant and Add / Sub of a constant after a Conv into its weight and bias
     (tf2onnx writes a Keras 3 depthwise convolution's BatchNorm, and sometimes a bias, so):
     (W x + b) * k + c = (k W) x + (k b + c), per output channel; repeated while the chain goes on."""
+    if not _has_op(model, "Conv"):  # no index to build (shape inference on the whole graph)
+        return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()
@@ -277,6 +283,8 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
 def matmul_add_to_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
     """MatMul(x, W) + b on a rank-2 x with constant 2-D W and bias of shape (M,) or (1, M) -> one Gemm node,
     so that the bias belongs to its linear node (one rule, one bias row)."""
+    if not _has_op(model, "MatMul"):
+        return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()
@@ -393,6 +401,11 @@ def _normalizes_probabilities(node: onnx.NodeProto, producers: dict) -> bool:
     source = producers.get(node.input[0]) if node.input else None
     return (node.op_type == "Normalizer" and node.domain == "ai.onnx.ml" and norm == "L1" and source is not None
             and source.op_type in BYPASSED_OUTPUT_OPS)
+
+
+def _has_op(model: onnx.ModelProto, op_type: str) -> bool:
+    """True if the main graph holds a node of this op type (a rewrite that looks for it has work to do)."""
+    return any(node.op_type == op_type for node in model.graph.node)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):

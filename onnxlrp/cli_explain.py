@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 
 import click
 
-from .cli_options import (check_output_file, command, explain_composite_option, input_options, mask_arguments,
-                          mask_options, model_argument, note, output_option, parse_model_shapes, parse_sets,
-                          parse_targets, read_inputs, set_option, shape_option, target_option)
+from .cli_options import (check_output_file, command, constant_budget, explain_composite_option, input_options,
+                          mask_arguments, mask_options, model_argument, note, output_option, parse_model_shapes,
+                          parse_sets, parse_targets, read_inputs, set_option, shape_option, target_option)
 
 SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
 
@@ -32,8 +32,10 @@ SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
                    "channel of an image): names the printed top positions and the bars of the chart.")
 @mask_options
 @shape_option
+@click.option("--no-check", "no_check", is_flag=True,
+              help="Do not verify total = inputs + biases + stabilizer for every sample (a few sums; see the README).")
 def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, out, top, heatmap,
-                overlay, feature_names, region, channel, anchor, mask_file, shapes) -> None:
+                overlay, feature_names, region, channel, anchor, mask_file, shapes, no_check) -> None:
     """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
     from .report import conservation_line, top_positions
     from .runtime import Explainer
@@ -46,10 +48,10 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
     names = _feature_names(feature_names)
     masks = mask_arguments(region, channel, anchor, mask_file)
     explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name,
-                          shapes=parse_model_shapes(model, shapes))
+                          shapes=parse_model_shapes(model, shapes), max_constant_bytes=constant_budget())
     inputs = read_inputs(explainer, input_file, keys, size, mean, std)
     named = _named_inputs(names, inputs)
-    exp = explainer.explain(inputs, target, **masks)
+    exp = explainer.explain(inputs, target, check=not no_check, **masks)
     n = exp.total.shape[0]
     click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}")
     for i in range(min(n, SHOWN_SAMPLES)):

@@ -7,7 +7,7 @@ share (N,) it took, if any. Summing over several consumers is the compiler's bus
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -27,6 +27,8 @@ class NodeView:
     index: GraphIndex
     relevant: frozenset  # names of the node's inputs that carry relevance
     nonnegative: frozenset = frozenset()  # names of values known to be >= 0 (after Relu, ...)
+    _inputs: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+    _outputs: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def op_type(self) -> str:
@@ -40,13 +42,18 @@ class NodeView:
 
     @property
     def inputs(self) -> list:
-        """Input value names ('' for an omitted optional input)."""
-        return list(self.node.input)
+        """Input value names ('' for an omitted optional input); a fresh list each time (callers may change it),
+        copied from a tuple read once (emitters ask for it often)."""
+        if self._inputs is None:
+            self._inputs = tuple(self.node.input)
+        return list(self._inputs)
 
     @property
     def outputs(self) -> list:
-        """Output value names."""
-        return list(self.node.output)
+        """Output value names (a fresh list each time)."""
+        if self._outputs is None:
+            self._outputs = tuple(self.node.output)
+        return list(self._outputs)
 
     def attr(self, name: str, default=None):
         """An attribute's value (ints, floats, strings decoded), or default."""
