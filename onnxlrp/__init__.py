@@ -7,7 +7,9 @@ from .errors import (  # noqa: E402
     CompileError, CompositeError, InputError, ModelLoadError, OnnxLrpError, RuleParameterError, UnsupportedModelError,
 )
 from .runtime import Explainer, Explanation  # noqa: E402
+from .datasets import explain_dataset  # noqa: E402
 
-__all__ = ["compile", "compiled_metadata", "load_composite", "Explainer", "Explanation", "OnnxLrpError",
+__all__ = ["compile", "compiled_metadata", "load_composite", "Explainer", "Explanation", "explain_dataset",
+           "OnnxLrpError",
            "CompileError", "CompositeError", "InputError", "ModelLoadError", "RuleParameterError",
            "UnsupportedModelError", "__version__"]

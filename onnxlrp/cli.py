@@ -191,7 +191,9 @@ def demo_cmd(out_dir, composite) -> None:
 
 def _register_command_modules() -> None:
     """Commands that live in their own modules (reports, benchmarks) attach themselves to `main`."""
-    from . import cli_bench, cli_reports  # noqa: F401
+    from . import cli_bench, cli_datasets, cli_reports  # noqa: F401
+    for command in cli_datasets.COMMANDS:
+        main.add_command(command)
 
 
 _register_command_modules()

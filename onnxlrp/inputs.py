@@ -67,10 +67,11 @@ def options_for_shape(shape: Sequence, size: Optional[tuple] = None, mean: Optio
                         channels_last=channels_last)
 
 
-def load_image(path: str, options: ImageOptions) -> np.ndarray:
-    """An image file as a float32 batch of one: (1, C, H, W) (or (1, H, W, C)), scaled to [0, 1], normalised."""
+def load_image(path, options: ImageOptions) -> np.ndarray:
+    """An image file (a path, or an open binary file) as a float32 batch of one: (1, C, H, W) (or (1, H, W, C)),
+    scaled to [0, 1], normalised."""
     from PIL import Image, UnidentifiedImageError
-    file = Path(path)
+    file = path if hasattr(path, "read") else Path(path)
     try:
         with Image.open(file) as image:
             mode = {1: "L", 3: "RGB", 4: "RGBA"}[options.channels]
