@@ -82,23 +82,46 @@ def main() -> None:
 
 
 @main.command("compile")
-@click.argument("model", type=click.Path())  # load_model names a folder in one line
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
+@click.argument("models", nargs=-1, required=True, type=click.Path())  # load_model names a folder in one line
+@click.option("-o", "--out", "out", required=True, type=click.Path(),
+              help="Where to write the model; a folder when compiling several (or a folder of them).")
 @composite_option
 @set_option
 @output_option
 @click.option("--init", type=click.Choice(["logit", "one"]), default="logit", show_default=True)
 @click.option("--node-relevance", default=None, help="'sums', 'all', or comma-separated tensor names.")
-def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) -> None:
-    """Compile MODEL into an augmented ONNX model (forward + relevance in one graph)."""
+def compile_cmd(models, out, composite, sets, output_name, init, node_relevance) -> None:
+    """Compile MODEL into an augmented ONNX model (forward + relevance in one graph); MODEL... and folders of .onnx
+    files into the folder OUT (each compiled or refused, exit 2 if any was refused)."""
     from .compiler import compile as compile_model
     from .io import save_model
     nodes = node_relevance if node_relevance in (None, "sums", "all") else node_relevance.split(",")
-    compiled = compile_model(model, composite, params=parse_sets(sets), output=output_name, init=init,
+    if len(models) > 1 or os.path.isdir(models[0]) or os.path.isdir(out) or out.endswith(("/", os.sep)):
+        _compile_many(models, out, composite, parse_sets(sets), output_name, init, nodes)
+        return
+    compiled = compile_model(models[0], composite, params=parse_sets(sets), output=output_name, init=init,
                              node_relevance=nodes)
     save_model(compiled, out)
     outputs = [o.name for o in compiled.graph.output]
     click.echo(f"wrote {out}: {len(compiled.graph.node)} nodes, outputs: {', '.join(outputs)}")
+
+
+def _compile_many(models, out, composite, params, output_name, init, nodes) -> None:
+    """compile A B ... -o DIR: one line per model (compiled or refused with the reason), a summary, exit 2 if any
+    was refused."""
+    from .compile_many import compile_many
+    compiled = refused = 0
+    for result in compile_many(models, out, composite, params=params, output=output_name, init=init,
+                               node_relevance=nodes):
+        if result.compiled:
+            compiled += 1
+            click.echo(f"compiled {result.source} -> {result.target} ({result.message}, {result.seconds:.1f} s)")
+        else:
+            refused += 1
+            click.echo(f"refused  {result.source}: {result.message}")
+    click.echo(f"{compiled} compiled, {refused} refused")
+    if refused:
+        sys.exit(EXIT_USER_ERROR)
 
 
 @main.command("explain")
@@ -113,40 +136,68 @@ def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) 
 @image_options
 @click.option("--heatmap", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG: relevance heatmaps for image inputs, a bar chart of the top features otherwise.")
+@click.option("--max-heatmaps", default=16, show_default=True, help="Heatmap: draw at most this many samples.")
 @click.option("--overlay", is_flag=True, help="Heatmap: draw the relevance over the input image, not beside it.")
 @click.option("--feature-names", default=None, type=click.Path(dir_okay=False),
               help="Heatmap of flat inputs: a text file with one feature name per line.")
+@click.option("--batch-size", "-b", default=64, show_default=True, help="Samples per onnxruntime run.")
 def explain_cmd(model, input_file, targets, composite, sets, output_name, out, top, size, mean, std, heatmap,
-                overlay, feature_names) -> None:
+                max_heatmaps, overlay, feature_names, batch_size) -> None:
     """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
+    from .batching import Gatherer, batch_length, explain_in_batches
+    from .datasets.progress import RunProgress
     from .report import conservation_line, top_positions
     from .runtime import Explainer
     explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name)
     inputs = read_inputs(explainer, input_file, size, mean, std)
     target = None if not targets else (targets[0] if len(targets) == 1 else list(targets))
-    exp = explainer.explain(inputs, target)
-    n = exp.total.shape[0]
-    click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}")
-    for i in range(min(n, 8)):
-        logits = exp.output.reshape(n, -1)[i]
+    n = batch_length(inputs)
+    shown = 8
+    head = Gatherer(min(n, max(shown, max_heatmaps if heatmap else 0)))
+    everything = Gatherer(n) if out else None
+    with RunProgress(n, enabled=None if n > batch_size else False) as progress:
+        for start, part in explain_in_batches(explainer, inputs, target, batch_size):
+            head.add(start, part)
+            if everything is not None:
+                everything.add(start, part)
+            progress.advance(part.total.shape[0], 0)
+    exp = head.result()
+    click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}"
+               + (f" in {-(-n // batch_size)} runs of {batch_size}" if n > batch_size else ""))
+    for i in range(min(n, shown)):
+        logits = exp.output.reshape(exp.output.shape[0], -1)[i]
         click.echo(f"sample {i}: predicted {int(logits.argmax())}, explained target {int(exp.target[i])} "
                    f"(output {float(logits[exp.target[i]]):.6g})")
         click.echo("  " + conservation_line(exp, i))
         for name, rel in exp.relevance.items():
             positions = ", ".join(f"{idx}: {val:+.4g}" for idx, val in top_positions(rel[i], top))
             click.echo(f"  top {name}: {positions}")
-    if n > 8:
-        click.echo(f"... {n - 8} more samples (use -o to save all)")
+    if n > shown:
+        click.echo(f"... {n - shown} more samples (use -o to save all)")
     if out:
         from .report import save_explanation
-        save_explanation(exp, out)
+        save_explanation(everything.result(), out)
         click.echo(f"wrote {out}")
     if heatmap:
         from .heatmap import save_explanation_heatmaps
         from .inputs import load_feature_names
+        drawn = min(n, max(max_heatmaps, 1))
         names = load_feature_names(feature_names) if feature_names else None
-        for path in save_explanation_heatmaps(heatmap, exp, inputs, names=names, overlay=overlay, top=top):
+        first = {k: v[:drawn] for k, v in inputs.items()}
+        for path in save_explanation_heatmaps(heatmap, _first(exp, drawn), first, names=names, overlay=overlay,
+                                              top=top):
             click.echo(f"wrote heatmap {path}")
+        if n > drawn:
+            click.echo(f"the heatmap shows the first {drawn} of {n} samples (--max-heatmaps {max_heatmaps})")
+
+
+def _first(exp, k: int):
+    """The first k samples of an explanation."""
+    from .runtime import Explanation
+    return Explanation(output=exp.output[:k], target=exp.target[:k], total=exp.total[:k],
+                       relevance={n: v[:k] for n, v in exp.relevance.items()},
+                       bias={n: v[:k] for n, v in exp.bias.items()}, stabilizer=exp.stabilizer[:k],
+                       rules=exp.rules, graph=exp.graph)
 
 
 @main.command("rules")

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class ShardActor:
                                f"(it runs {self.explainer.provider})")
         self.specs, self.source, self.layout = specs, source, layout
         self.target, self.batch_size = target, batch_size
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, shards: dict):
         """For each shard handed in: one message per explained batch, then one that closes the shard."""
@@ -83,13 +85,14 @@ class ShardActor:
             for number, raw in enumerate(self.source.batches(int(first), int(stop), self.batch_size)):
                 table, failures = explain_batch(self.explainer, self.layout, prepare(raw, self.specs, int(shard), number),
                                                 self.target)
-                yield _message(int(shard), number, False, table, failures, np)
+                yield _message(int(shard), number, False, table, failures, self.node, np)
                 count = number + 1
-            yield _message(int(shard), count, True, None, [], np)
+            yield _message(int(shard), count, True, None, [], self.node, np)
 
 
-def _message(shard: int, number: int, last: bool, table, failures: list, np) -> dict:
-    """One row for the driver: shard, batch number (the batch count when last), rows as Arrow IPC, failures."""
+def _message(shard: int, number: int, last: bool, table, failures: list, node: str, np) -> dict:
+    """One row for the driver: shard, batch number (the batch count when last), rows as Arrow IPC, failures, and
+    the node that did the work."""
     payload = b""
     if table is not None:
         import pyarrow as pa
@@ -98,7 +101,8 @@ def _message(shard: int, number: int, last: bool, table, failures: list, np) -> 
             stream.write_table(table)
         payload = sink.getvalue().to_pybytes()
     return {"shard": np.array([shard]), "number": np.array([number]), "last": np.array([last]),
-            "rows": np.array([payload], dtype=object), "failures": np.array([json.dumps(failures)], dtype=object)}
+            "rows": np.array([payload], dtype=object), "failures": np.array([json.dumps(failures)], dtype=object),
+            "node": np.array([node], dtype=object)}
 
 
 def _table(payload: bytes):
@@ -110,14 +114,23 @@ def _table(payload: bytes):
 @contextlib.contextmanager
 def ray_session(address: Optional[str]):
     """Attach to the cluster at address, or use the Ray this process already runs, or start a local one."""
+    from ..runtime import _quiet_stderr
     ray = require_ray()
     started = False
     if not ray.is_initialized():
+        # Ray's C++ core logs a harmless error line per actor pool of Ray Data (ray-project/ray#53727) and its
+        # Python side a few info lines: keep the driver's terminal for the progress bar and the summary
+        saved = os.environ.get("RAY_BACKEND_LOG_LEVEL")
+        os.environ["RAY_BACKEND_LOG_LEVEL"] = saved or "fatal"
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                     configure_logging=True)
+            with _quiet_stderr():
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR, configure_logging=True)
         except ConnectionError as exc:
             raise OnnxLrpError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+        finally:
+            if saved is None:
+                os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
         started = True
     quiet = [logging.getLogger(name) for name in ("ray", "ray.data")]
     levels = [logger.level for logger in quiet]
@@ -160,15 +173,17 @@ def run_ray(model_bytes: bytes, specs, source, layout: RowLayout, plan: Sequence
                                        "cuda": resources.num_gpus > 0},
                 compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=resources.num_cpus,
                 num_gpus=resources.num_gpus or None)
-            _drain(explained, sink, stall_seconds)
+            workers_on = _drain(explained, sink, stall_seconds)
         finally:
             context.target_max_block_size, context.enable_progress_bars = saved
         alive = [n for n in ray.nodes() if n.get("Alive", True)]
-        return {"nodes": len(alive), "num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+        return {"cluster_nodes": len(alive), "worker_nodes": sorted(workers_on), "num_cpus": resources.num_cpus,
+                "num_gpus": resources.num_gpus}
 
 
-def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> None:
-    """Hand every message to the sink; a thread iterates so that a cluster that stops answering is noticed."""
+def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> set:
+    """Hand every message to the sink (a thread iterates, so that a cluster that stops answering is noticed);
+    returns the ids of the nodes that did the work."""
     messages: queue.Queue = queue.Queue(maxsize=64)
     done = object()
 
@@ -177,13 +192,14 @@ def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> None:
             for block in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                 for i in range(len(block["shard"])):
                     messages.put((int(block["shard"][i]), int(block["number"][i]), bool(block["last"][i]),
-                                  block["rows"][i], block["failures"][i]))
+                                  block["rows"][i], block["failures"][i], str(block["node"][i])))
             messages.put(done)
         except BaseException as exc:
             messages.put(exc)
 
     thread = threading.Thread(target=pump, name="onnxlrp-ray-results", daemon=True)
     thread.start()
+    nodes = set()
     while True:
         try:
             item = messages.get(timeout=stall_seconds)
@@ -191,10 +207,11 @@ def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> None:
             raise OnnxLrpError(f"the Ray workers sent nothing for {stall_seconds:g} s (are the workers placed? "
                                f"`ray status` shows the cluster's resources)") from None
         if item is done:
-            return
+            return nodes
         if isinstance(item, BaseException):
             raise _ray_error(item)
-        shard, number, last, payload, failures = item
+        shard, number, last, payload, failures, node = item
+        nodes.add(node)
         if last:
             sink.end(shard, number)
         else:
@@ -204,15 +221,14 @@ def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> None:
 def _ray_error(exc: BaseException) -> BaseException:
     """An OnnxLrpError raised inside an actor comes back wrapped by Ray: unwrap it into its own one line."""
     cause = exc
-    for _ in range(5):
+    for _ in range(8):
+        if isinstance(cause, OnnxLrpError):
+            return cause
         inner = getattr(cause, "cause", None) or cause.__cause__
-        if inner is None:
+        if inner is None or inner is cause:
             break
         cause = inner
-    if isinstance(cause, OnnxLrpError):
-        return cause
-    text = " ".join(str(exc).split())
-    for line in str(exc).splitlines()[::-1]:
-        if "OnnxLrpError" in line or "InputError" in line or "ModelLoadError" in line:
-            return OnnxLrpError(line.split(":", 1)[-1].strip())
-    return exc if not text else type(exc)(text[:500]) if isinstance(exc, Exception) else exc
+    for line in reversed(str(exc).splitlines()):
+        if "onnxlrp.errors." in line:   # 'onnxlrp.errors.ModelLoadError: <message>' in Ray's traceback text
+            return OnnxLrpError(line.split(": ", 1)[-1].strip())
+    return exc
