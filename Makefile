@@ -17,7 +17,7 @@ $(STAMP_RUN): pyproject.toml | $(PY)
 	touch $@
 
 $(STAMP_TEST): pyproject.toml constraints.txt | $(PY)
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e '.[test,ray]'
 	# zennit asks for torch and torchvision unpinned: install it alone, the constraints keep torch at the local CPU build
 	$(PIP) install -q --no-deps zennit==0.5.1
 	touch $@ $(STAMP_RUN)

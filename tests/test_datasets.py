@@ -232,3 +232,20 @@ def test_bad_requests_are_one_line_errors(tmp_path, data):
     np.save(tmp_path / "nan.npy", np.full((70, 1, 8, 8), np.nan, np.float32))
     with pytest.raises(OnnxLrpError, match="the first 64 samples all failed.*'0': holds NaN or Inf"):
         run_dataset(CNN, tmp_path / "nan.npy", tmp_path / "e", progress=False)
+
+
+def test_explainer_threads_sets_onnxruntime_intra_op_threads(data, explainer):
+    import onnxruntime as ort
+    x, _ = data
+    one = Explainer(str(CNN), threads=1)
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    options = ort.SessionOptions()
+    options.inter_op_num_threads = 1
+    two = Explainer(str(CNN), session_options=options, threads=2)
+    assert (two.session.get_session_options().intra_op_num_threads,
+            two.session.get_session_options().inter_op_num_threads) == (2, 1)
+    np.testing.assert_allclose(one.explain(x[:32]).relevance["input"], explainer.explain(x[:32]).relevance["input"],
+                               rtol=1e-6, atol=1e-8)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(OnnxLrpError, match="threads must be a positive integer"):
+            Explainer(str(CNN), threads=bad)

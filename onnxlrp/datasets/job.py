@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import time
@@ -101,7 +102,18 @@ def run_dataset(model, data, out, *, composite: str = "epsilon_plus", params: Op
                 shard_size: Optional[int] = None, gpus_per_worker: Optional[float] = None,
                 providers: Optional[Sequence[str]] = None, progress: Optional[bool] = None,
                 stall_seconds: Optional[float] = None) -> DatasetRun:
-    """Explain every sample of data with model into Parquet shards under out; returns what the run did."""
+    """Explain every sample of data with model into Parquet shards under out; returns what the run did.
+
+    data: a folder of images (recursively; a class-per-subfolder layout gives labels), an .npy/.npz (key: the
+    array, label_column: the .npz array of labels) or Parquet, a file or a folder (column: the list or
+    image-bytes column, label_column: integer labels). target: a class index, "label" or "argmax". batch_size:
+    samples per onnxruntime run; workers: concurrent runs on one session (local) or Ray actors (ray); threads:
+    onnxruntime threads per worker (default: cores / workers locally, 1 on Ray). engine: "local" or "ray"
+    (ray_address: a running cluster, else a local Ray is started; gpus_per_worker: default 1 when the cluster
+    has GPUs). resume: continue the run in out, skipping its finished shards. store: "full" (float32 relevance
+    list), "float16" or "sum". size / mean / std: image preprocessing (as `explain --input IMAGE`). shard_size:
+    samples per Parquet file (default about 256 MB, a multiple of batch_size). progress: None draws a bar when
+    stderr is a terminal. stall_seconds: the Ray engine gives up when its workers send nothing for this long."""
     from .. import __version__
     from ..runtime import Explainer
     from .output import OutputFolder
@@ -132,6 +144,10 @@ def run_dataset(model, data, out, *, composite: str = "epsilon_plus", params: Op
     source = open_source(data, specs, key=key, column=column, label_column=label_column, size=size, mean=mean,
                          std=std)
     target = _parse_target(target, source.has_labels)
+    classes = explainer._classes()
+    if isinstance(target, int) and classes is not None and target >= classes:
+        raise OnnxLrpError(f"target {target} is out of range: output {explainer.meta['output']!r} has {classes} "
+                           f"classes")
     layout = row_layout(explainer, specs, store)
     if shard_size is None and previous is not None:
         shard_size = previous["settings"]["shard_size"]
@@ -199,6 +215,11 @@ def _resolved(description: dict) -> dict:
 
 
 def explain_dataset(model, data, out, **options) -> Path:
-    """Explain every sample of data (image folder, .npy/.npz, Parquet) with model into Parquet shards under out
-    (one row per sample, plus _manifest.json and _failed.jsonl); returns the folder. Options: see run_dataset."""
+    """Explain every sample of data (image folder, .npy/.npz, Parquet) with model into Parquet shards under out,
+    one row per sample, with _manifest.json and _failed.jsonl; returns the folder. The options are run_dataset's
+    (composite, params, output, init, target, batch_size, workers, threads, engine, ray_address, resume, store,
+    key, column, label_column, size, mean, std, shard_size, gpus_per_worker, providers, progress)."""
     return run_dataset(model, data, out, **options).folder
+
+
+explain_dataset.__signature__ = inspect.signature(run_dataset).replace(return_annotation=Path)

@@ -10,6 +10,7 @@ import math
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -173,17 +174,17 @@ def run_ray(model_bytes: bytes, specs, source, layout: RowLayout, plan: Sequence
                                        "cuda": resources.num_gpus > 0},
                 compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=resources.num_cpus,
                 num_gpus=resources.num_gpus or None)
-            workers_on = _drain(explained, sink, stall_seconds)
+            workers_on, first_result_s = _drain(explained, sink, stall_seconds)
         finally:
             context.target_max_block_size, context.enable_progress_bars = saved
         alive = [n for n in ray.nodes() if n.get("Alive", True)]
         return {"cluster_nodes": len(alive), "worker_nodes": sorted(workers_on), "num_cpus": resources.num_cpus,
-                "num_gpus": resources.num_gpus}
+                "num_gpus": resources.num_gpus, "first_result_s": first_result_s}
 
 
-def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> set:
+def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> tuple:
     """Hand every message to the sink (a thread iterates, so that a cluster that stops answering is noticed);
-    returns the ids of the nodes that did the work."""
+    returns the ids of the nodes that did the work and the seconds until the first result (actors starting)."""
     messages: queue.Queue = queue.Queue(maxsize=64)
     done = object()
 
@@ -200,6 +201,7 @@ def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> set:
     thread = threading.Thread(target=pump, name="onnxlrp-ray-results", daemon=True)
     thread.start()
     nodes = set()
+    started = time.perf_counter()
     while True:
         try:
             item = messages.get(timeout=stall_seconds)
@@ -207,10 +209,12 @@ def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> set:
             raise OnnxLrpError(f"the Ray workers sent nothing for {stall_seconds:g} s (are the workers placed? "
                                f"`ray status` shows the cluster's resources)") from None
         if item is done:
-            return nodes
+            return nodes, (first_result_s if nodes else None)
         if isinstance(item, BaseException):
             raise _ray_error(item)
         shard, number, last, payload, failures, node = item
+        if not nodes:
+            first_result_s = time.perf_counter() - started
         nodes.add(node)
         if last:
             sink.end(shard, number)
