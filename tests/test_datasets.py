@@ -61,6 +61,10 @@ def test_local_rows_equal_the_explainer_bit_for_bit(labelled_run, data, explaine
         assert part.column("sample_id").to_pylist() == [str(i) for i in range(start, start + n)]
     c = rows.to_pydict()
     np.testing.assert_allclose(np.add(np.add(c["inputs"], c["biases"]), c["stabilizer"]), c["total"], rtol=1e-5)
+    import pandas as pd   # the folder reads as it is, _manifest.json and _failed.jsonl skipped
+    frame = pd.read_parquet(out)
+    assert len(frame) == 300 and np.array_equal(np.stack(frame.sort_values("index")["relevance/input"]),
+                                                relevance_matrix(rows))
 
 
 def test_workers_share_one_session_and_write_the_same_rows(tmp_path, labelled_run):

@@ -32,6 +32,7 @@ def test_as_many_actors_as_cpus_finish_with_the_local_rows(local_ray, tmp_path):
     assert (distributed.explained, distributed.failed) == (local.explained, local.failed) == (199, 1)
     assert distributed.details["num_cpus"] == 0.9 and ray.cluster_resources()["CPU"] == 2
     assert read_rows(tmp_path / "ray").equals(read_rows(tmp_path / "local"))
+    assert ray.data.read_parquet(str(tmp_path / "ray")).count() == 199   # Ray reads OUT/ as it is
     assert read_failures(tmp_path / "ray") == read_failures(tmp_path / "local")
     shards = lambda out: [(s["file"], s["rows"], s["failed"]) for s in load_manifest(out)["shards"]]  # noqa: E731
     assert shards(tmp_path / "ray") == shards(tmp_path / "local")
