@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 
 import click
 
+from .cli_options import (command, composite_option, format_option, image_options, model_argument, output_option,
+                          parse_sets, set_option)
 from .errors import OnnxLrpError
 
 EXIT_INTERRUPTED = 130
@@ -26,26 +28,14 @@ def _pairs(values: Sequence[str], what: str):
     return pairs
 
 
-def _sets(values: Sequence[str]) -> dict:
-    """--set KEY=VALUE pairs into a params dict."""
-    params = {}
-    for item in values:
-        if "=" not in item:
-            raise OnnxLrpError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        params[key.strip()] = value.strip()
-    return params
-
-
-@click.command("explain-dataset")
-@click.argument("model", type=click.Path())
+@command("explain-dataset")
+@model_argument
 @click.argument("data", type=click.Path())
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
               help="Output folder: Parquet shards, _manifest.json, _failed.jsonl.")
-@click.option("--composite", "-c", default="epsilon_plus", show_default=True,
-              help="Built-in composite name or path to a TOML composite.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a composite parameter (repeatable).")
-@click.option("--output", "output_name", default=None, help="Graph output to explain.")
+@composite_option
+@set_option
+@output_option
 @click.option("--target", "-t", default="argmax", show_default=True, metavar="K|label|argmax",
               help="Class to explain: a class index, each sample's label, or the predicted class.")
 @click.option("--batch-size", "-b", default=64, show_default=True, help="Samples per onnxruntime run.")
@@ -66,9 +56,7 @@ def _sets(values: Sequence[str]) -> dict:
 @click.option("--column", "columns", multiple=True, metavar="COL|INPUT=COL",
               help="Parquet: the column holding the samples (lists of numbers or encoded images).")
 @click.option("--label-column", default=None, help="Parquet column (or .npz array) holding integer class labels.")
-@click.option("--size", default=None, metavar="H,W", help="Images: resize to H,W; default: the model's static size.")
-@click.option("--mean", default=None, metavar="M[,M,M]", help="Images: subtract per channel (after scaling to [0, 1]).")
-@click.option("--std", default=None, metavar="S[,S,S]", help="Images: divide by this per channel.")
+@image_options
 @click.option("--shard-size", default=None, type=int,
               help="Samples per Parquet shard (rounded up to a multiple of the batch size) [default: about 256 MB].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: when stderr is a terminal].")
@@ -78,7 +66,7 @@ def explain_dataset_cmd(model, data, out, composite, sets, output_name, target, 
     """Explain every sample of DATA (image folder, .npy/.npz, Parquet) into Parquet rows under OUT."""
     from .datasets import run_dataset
     try:
-        run = run_dataset(model, data, out, composite=composite, params=_sets(sets), output=output_name,
+        run = run_dataset(model, data, out, composite=composite, params=parse_sets(sets), output=output_name,
                           target=target, batch_size=batch_size, workers=workers, threads=threads, engine=engine,
                           ray_address=ray_address, resume=resume, store=store, key=_pairs(keys, "--key"),
                           column=_pairs(columns, "--column"), label_column=label_column, size=size, mean=mean,
@@ -89,12 +77,11 @@ def explain_dataset_cmd(model, data, out, composite, sets, output_name, target, 
     click.echo(run.summary())
 
 
-@click.command("dataset-report")
+@command("dataset-report")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--by", type=click.Choice(["label", "predicted", "target"]), default=None,
               help="Group samples by their label, predicted or explained class [default: label when known].")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default=None,
-              help="Output format [default: table on a terminal, csv when piped].")
+@format_option
 @click.option("--groups", default=10, show_default=True, help="Table: the largest groups shown as columns.")
 @click.option("--png", default=None, type=click.Path(dir_okay=False), help="Also draw the table into this PNG.")
 def dataset_report_cmd(folder, by, fmt, groups, png) -> None:
