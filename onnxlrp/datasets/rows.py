@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -88,6 +88,26 @@ def _unique(column: str, used: set) -> str:
     return name
 
 
+def _numbers(values: np.ndarray, valid: Optional[np.ndarray] = None):
+    """A NumPy vector as an Arrow array over the same memory (pa.array would import pandas, 0.5-2 s, on first use)."""
+    import pyarrow as pa
+    values = np.ascontiguousarray(values)
+    kind = pa.from_numpy_dtype(values.dtype)
+    if valid is None or valid.all():
+        return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(kind, len(values), [bitmap, pa.py_buffer(values)], null_count=int((~valid).sum()))
+
+
+def _strings(values: Sequence[str]):
+    """Python strings as an Arrow string array (built from its buffers, see _numbers)."""
+    import pyarrow as pa
+    encoded = [v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
 def batch_table(layout: RowLayout, batch: PreparedBatch, exp):
     """The rows of one explained batch, in the layout's schema."""
     import pyarrow as pa
@@ -97,30 +117,31 @@ def batch_table(layout: RowLayout, batch: PreparedBatch, exp):
     inputs = sum((r.reshape(n, -1).sum(axis=1, dtype=np.float64) for r in exp.relevance.values()), np.zeros(n))
     sums = {c: exp.bias[node].reshape(n, -1).sum(axis=1, dtype=np.float64) for c, node in layout.bias.items()}
     columns = {
-        "index": pa.array(batch.index, pa.int64()),
-        "sample_id": pa.array(batch.ids, pa.string()),
-        "label": pa.array(batch.labels, pa.int64(), mask=batch.labels == NO_LABEL),
-        "target": pa.array(target, pa.int64()),
-        "predicted": pa.array(flat.argmax(axis=1).astype(np.int64), pa.int64()),
-        "logit": pa.array(flat[np.arange(n), target].astype(np.float64)),
-        "total": pa.array(exp.total.astype(np.float64)),
-        "inputs": pa.array(inputs),
-        "biases": pa.array(sum(sums.values(), np.zeros(n))),
-        "stabilizer": pa.array(exp.stabilizer.astype(np.float64)),
+        "index": _numbers(batch.index.astype(np.int64)),
+        "sample_id": _strings(batch.ids),
+        "label": _numbers(batch.labels.astype(np.int64), valid=batch.labels != NO_LABEL),
+        "target": _numbers(target),
+        "predicted": _numbers(flat.argmax(axis=1).astype(np.int64)),
+        "logit": _numbers(flat[np.arange(n), target].astype(np.float64)),
+        "total": _numbers(exp.total.astype(np.float64)),
+        "inputs": _numbers(inputs),
+        "biases": _numbers(sum(sums.values(), np.zeros(n))),
+        "stabilizer": _numbers(exp.stabilizer.astype(np.float64)),
     }
     schema = layout.schema()
     for column, (name, _, dtype) in layout.relevance.items():
         rel = exp.relevance[name].reshape(n, -1)
         if layout.store == "sum":
-            columns[column] = pa.array(rel.sum(axis=1, dtype=np.float64))
+            columns[column] = _numbers(rel.sum(axis=1, dtype=np.float64))
             continue
-        values = rel.astype(np.float16 if layout.store == "float16" else np.dtype(dtype), copy=False)
+        values = _numbers(rel.astype(np.float16 if layout.store == "float16" else np.dtype(dtype), copy=False)
+                          .reshape(-1))
         kind = schema.field(column).type
         if pa.types.is_fixed_size_list(kind):
-            columns[column] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), kind.list_size)
+            columns[column] = pa.FixedSizeListArray.from_arrays(values, kind.list_size)
         else:
-            offsets = pa.array(np.arange(0, values.size + 1, max(values.shape[1], 1), dtype=np.int32))
-            columns[column] = pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)))
+            offsets = _numbers(np.arange(0, len(values) + 1, max(rel.shape[1], 1), dtype=np.int32))
+            columns[column] = pa.ListArray.from_arrays(offsets, values)
     for column, value in sums.items():
-        columns[column] = pa.array(value)
+        columns[column] = _numbers(value)
     return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
