@@ -138,7 +138,9 @@ def run_dataset(model, data, out, *, composite: str = "epsilon_plus", params: Op
     previous = _prepare_folder(folder, resume)
 
     started = time.perf_counter()
-    explainer = Explainer(model, composite, params=params, output=output, init=init, providers=providers,
+    # with Ray, the driver's explainer only describes the model (inputs, outputs): one CPU thread will do
+    explainer = Explainer(model, composite, params=params, output=output, init=init,
+                          providers=["CPUExecutionProvider"] if engine == "ray" else providers,
                           threads=1 if engine == "ray" else threads)
     specs = input_specs(explainer)
     source = open_source(data, specs, key=key, column=column, label_column=label_column, size=size, mean=mean,

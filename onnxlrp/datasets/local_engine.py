@@ -42,35 +42,33 @@ def run_local(explainer, source, specs, layout: RowLayout, plan: Sequence[tuple]
                               name="onnxlrp-reader", daemon=True)
     reader.start()
     pending: deque = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxlrp-explain")
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxlrp-explain") as pool:
-            finished = False
-            while not finished or pending:
-                while not finished and len(pending) < ahead:
-                    item = batches.get()
-                    if item is _END:
-                        finished = True
-                    elif isinstance(item, BaseException):
-                        raise item
-                    elif isinstance(item, tuple):
-                        pending.append(item)
-                    else:
-                        pending.append((item.shard, item.number,
-                                        pool.submit(explain_batch, explainer, layout, item, target)))
-                if not pending:
-                    continue
-                entry = pending.popleft()
-                if entry[0] == "end":
-                    sink.end(entry[1], entry[2])
+        finished = False
+        while not finished or pending:
+            while not finished and len(pending) < ahead:
+                item = batches.get()
+                if item is _END:
+                    finished = True
+                elif isinstance(item, BaseException):
+                    raise item
+                elif isinstance(item, tuple):
+                    pending.append(item)
                 else:
-                    shard, number, future = entry
-                    table, failures = future.result()
-                    sink.add(shard, number, table, failures)
+                    pending.append((item.shard, item.number,
+                                    pool.submit(explain_batch, explainer, layout, item, target)))
+            if not pending:
+                continue
+            entry = pending.popleft()
+            if entry[0] == "end":
+                sink.end(entry[1], entry[2])
+            else:
+                shard, number, future = entry
+                table, failures = future.result()
+                sink.add(shard, number, table, failures)
     finally:
         stop.set()
-        for entry in pending:
-            if entry[0] != "end":
-                entry[2].cancel()
+        pool.shutdown(wait=True, cancel_futures=True)   # batches not started are dropped, running ones finish
         while reader.is_alive():   # unblock a producer waiting on a full queue
             try:
                 batches.get_nowait()

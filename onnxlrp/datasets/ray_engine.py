@@ -187,19 +187,40 @@ def _drain(dataset, sink: OutputFolder, stall_seconds: float) -> tuple:
     returns the ids of the nodes that did the work and the seconds until the first result (actors starting)."""
     messages: queue.Queue = queue.Queue(maxsize=64)
     done = object()
+    stop = threading.Event()
+
+    def hand_over(item) -> bool:
+        """Queue an item for the driver; False once the driver stopped listening."""
+        while not stop.is_set():
+            try:
+                messages.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def pump() -> None:
         try:
             for block in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                 for i in range(len(block["shard"])):
-                    messages.put((int(block["shard"][i]), int(block["number"][i]), bool(block["last"][i]),
-                                  block["rows"][i], block["failures"][i], str(block["node"][i])))
-            messages.put(done)
+                    if not hand_over((int(block["shard"][i]), int(block["number"][i]), bool(block["last"][i]),
+                                      block["rows"][i], block["failures"][i], str(block["node"][i]))):
+                        return   # leaving the loop closes the iterator, which stops the Ray Data execution
+            hand_over(done)
         except BaseException as exc:
-            messages.put(exc)
+            hand_over(exc)
 
     thread = threading.Thread(target=pump, name="onnxlrp-ray-results", daemon=True)
     thread.start()
+    try:
+        return _receive(messages, done, sink, stall_seconds)
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+
+
+def _receive(messages: queue.Queue, done, sink: OutputFolder, stall_seconds: float) -> tuple:
+    """The driver's loop: messages to the sink until the end marker; (nodes, seconds to the first result)."""
     nodes = set()
     started = time.perf_counter()
     while True:
