@@ -46,6 +46,19 @@ def test_more_workers_than_the_cluster_holds_is_one_error(local_ray, tmp_path):
         run_dataset(CNN, tmp_path / "x.npy", tmp_path / "out", engine="ray", workers=3, progress=False)
 
 
+def test_an_unreachable_cluster_is_one_error_and_out_stays_untouched(tmp_path):
+    import socket
+    x, _ = digits(10)
+    np.save(tmp_path / "x.npy", x)
+    with socket.socket() as probe:   # a port on this machine that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(OnnxLrpError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}: Connection refused"):
+        run_dataset(CNN, tmp_path / "x.npy", tmp_path / "out", engine="ray", ray_address=f"127.0.0.1:{port}",
+                    progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_actor_plan_leaves_cpu_for_ray_and_shares_gpus():
     two_single_cpu = [{"Alive": True, "Resources": {"CPU": 1.0}}] * 2
     plan = actor_plan(two_single_cpu, workers=2, threads=1, gpus_per_worker=None)

@@ -129,8 +129,9 @@ def run_dataset(model, data, out, *, composite: str = "epsilon_plus", params: Op
     if shard_size is not None and (not isinstance(shard_size, int) or shard_size < 1):
         raise OnnxLrpError(f"shard size must be a positive integer, got {shard_size!r}")
     if engine == "ray":
-        from .ray_engine import require_ray
+        from .ray_engine import check_reachable, require_ray
         require_ray()
+        check_reachable(ray_address)   # before OUT/ is touched
         threads = threads or 1
     elif threads is None and workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)

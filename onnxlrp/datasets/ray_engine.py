@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -112,6 +113,21 @@ def _table(payload: bytes):
     return pa.ipc.open_stream(pa.py_buffer(payload)).read_all() if payload else None
 
 
+def check_reachable(address: Optional[str], timeout: float = 10.0) -> None:
+    """A HOST:PORT address must accept a connection (ray.init would retry for minutes before giving up)."""
+    if not address or "://" in address or address in ("auto", "local") or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except ValueError:
+        raise OnnxLrpError(f"--ray-address expects HOST:PORT (e.g. 10.0.0.1:6379), got {address!r}") from None
+    except OSError as exc:
+        raise OnnxLrpError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start "
+                           f"--head` running there?)") from None
+
+
 @contextlib.contextmanager
 def ray_session(address: Optional[str]):
     """Attach to the cluster at address, or use the Ray this process already runs, or start a local one."""
@@ -119,6 +135,7 @@ def ray_session(address: Optional[str]):
     ray = require_ray()
     started = False
     if not ray.is_initialized():
+        check_reachable(address)
         # Ray's C++ core logs a harmless error line per actor pool of Ray Data (ray-project/ray#53727) and its
         # Python side a few info lines: keep the driver's terminal for the progress bar and the summary
         saved = os.environ.get("RAY_BACKEND_LOG_LEVEL")
