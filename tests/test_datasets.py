@@ -2,7 +2,6 @@
 storage modes, readers, and the data-set bias table against a NumPy recomputation from the Parquet rows."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pyarrow as pa
