@@ -6,28 +6,34 @@ import sys
 
 import click
 
-from .cli_options import (EXIT_USER_ERROR, command, composite_option, model_argument, output_option, parse_sets,
-                          set_option)
+from .cli_options import (EXIT_USER_ERROR, check_output_file, check_output_folder, command, composite_option,
+                          model_argument, output_option, parse_sets, set_option)
 
 
-@command("compile")
-@click.argument("models", nargs=-1, required=True, type=click.Path())  # load_model names a folder in one line
+@command("compile", short_help="Compile MODEL (or several, or folders of them) into models that explain themselves.")
+@click.argument("models", metavar="MODEL...", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", "out", required=True, type=click.Path(),
-              help="Where to write the model; a folder when compiling several (or a folder of them).")
+              help="Where to write the compiled model (.onnx); a folder when compiling several models or folders "
+                   "(or when it ends with /).")
 @composite_option
 @set_option
 @output_option
-@click.option("--init", type=click.Choice(["logit", "one"]), default="logit", show_default=True)
-@click.option("--node-relevance", default=None, help="'sums', 'all', or comma-separated tensor names.")
+@click.option("--init", type=click.Choice(["logit", "one"]), default="logit", show_default=True,
+              help="Initial relevance: the target's output value (logit: total = f(x)_target) or one (one-hot).")
+@click.option("--node-relevance", default=None,
+              help="Extra outputs: 'sums' (relevance per tensor and sample, for profile), 'all' or comma-separated "
+                   "tensor names (whole relevance tensors).")
 def compile_cmd(models, out, composite, sets, output_name, init, node_relevance) -> None:
-    """Compile MODEL into an augmented ONNX model (forward + relevance in one graph); MODEL... and folders of .onnx
-    files into the folder OUT (each compiled or refused, exit 2 if any was refused)."""
+    """Compile MODEL into an augmented ONNX model (forward + relevance in one graph). Several models, or folders of
+    .onnx files, go into the folder OUT, each compiled or refused with its reason (exit 2 if any was refused)."""
     from .compiler import compile as compile_model
     from .io import save_model
     nodes = node_relevance if node_relevance in (None, "sums", "all") else node_relevance.split(",")
     if len(models) > 1 or os.path.isdir(models[0]) or os.path.isdir(out) or out.endswith(("/", os.sep)):
+        check_output_folder(out, "-o")
         _compile_many(models, out, composite, parse_sets(sets), output_name, init, nodes)
         return
+    check_output_file(out, "-o")
     compiled = compile_model(models[0], composite, params=parse_sets(sets), output=output_name, init=init,
                              node_relevance=nodes)
     save_model(compiled, out)
@@ -53,7 +59,7 @@ def _compile_many(models, out, composite, params, output_name, init, nodes) -> N
         sys.exit(EXIT_USER_ERROR)
 
 
-@command("inspect")
+@command("inspect", short_help="Show the plan: the rule of every node.")
 @model_argument
 @composite_option
 @set_option

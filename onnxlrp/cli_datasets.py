@@ -6,7 +6,7 @@ from typing import Sequence
 
 import click
 
-from .cli_options import (command, composite_option, format_option, image_options, model_argument, output_option,
+from .cli_options import (command, explain_composite_option, format_option, image_options, model_argument, output_option,
                           parse_sets, set_option)
 from .errors import OnnxLrpError
 
@@ -33,7 +33,7 @@ def _pairs(values: Sequence[str], what: str):
 @click.argument("data", type=click.Path())
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
               help="Output folder: Parquet shards, _manifest.json, _failed.jsonl.")
-@composite_option
+@explain_composite_option
 @set_option
 @output_option
 @click.option("--target", "-t", default="argmax", show_default=True, metavar="K|label|argmax",

@@ -1,43 +1,60 @@
 """CLI command: onnxlrp explain MODEL --input FILE (prediction, conservation, top positions, .npz, heatmaps)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional, Sequence
+
 import click
 
-from .cli_options import (command, composite_option, image_options, input_option, model_argument, output_option,
-                          parse_sets, read_inputs, set_option, target_argument, target_option)
+from .cli_options import (check_output_file, command, explain_composite_option, input_options, model_argument, note,
+                          output_option, parse_sets, parse_targets, read_inputs, set_option, target_option)
+
+SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
 
 
-@command("explain")
+@command("explain", short_help="Explain a batch: prediction, conservation, top inputs.")
 @model_argument
-@input_option
+@input_options
 @target_option
-@composite_option
+@explain_composite_option
 @set_option
 @output_option
-@click.option("-o", "--out", "out", default=None, type=click.Path(dir_okay=False), help="Write the results to an .npz.")
+@click.option("-o", "--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="Write the results to this .npz file.")
 @click.option("--top", default=5, show_default=True, help="How many top relevant input positions to print.")
-@image_options
 @click.option("--heatmap", default=None, type=click.Path(dir_okay=False),
-              help="Write a PNG: relevance heatmaps for image inputs, a bar chart of the top features otherwise.")
-@click.option("--max-heatmaps", default=16, show_default=True, help="Heatmap: draw at most this many samples.")
+              help="Write a picture (.png, .jpg, .pdf, .svg, ...: the suffix sets the format): relevance heatmaps "
+                   "for image inputs, a bar chart of the top features otherwise.")
+@click.option("--max-heatmaps", default=None, type=click.IntRange(min=1),
+              help="Heatmap: draw at most this many samples, the first ones [default: 16].")
 @click.option("--overlay", is_flag=True, help="Heatmap: draw the relevance over the input image, not beside it.")
 @click.option("--feature-names", default=None, type=click.Path(dir_okay=False),
-              help="Heatmap of flat inputs: a text file with one feature name per line.")
-@click.option("--batch-size", "-b", default=64, show_default=True, help="Samples per onnxruntime run.")
-def explain_cmd(model, input_file, targets, composite, sets, output_name, out, top, size, mean, std, heatmap,
+              help="A text file with one name per input value (per feature of a flat input, per pixel and "
+                   "channel of an image): names the printed top positions and the bars of the chart.")
+@click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Samples per onnxruntime run: memory follows the batch size, not the input's size.")
+def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, out, top, heatmap,
                 max_heatmaps, overlay, feature_names, batch_size) -> None:
     """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
     from .batching import Gatherer, batch_length, explain_in_batches
     from .datasets.progress import RunProgress
+    from .heatmap import MAX_SAMPLES
     from .report import conservation_line, top_positions
     from .runtime import Explainer
+    check_output_file(out, "-o")
+    check_output_file(heatmap, "--heatmap")
+    if heatmap:
+        from .heatmap import heatmap_format
+        heatmap_format(heatmap)
+    target = parse_targets(targets)
+    names = _feature_names(feature_names)
     explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name)
-    inputs = read_inputs(explainer, input_file, size, mean, std)
-    target = target_argument(targets)
+    inputs = read_inputs(explainer, input_file, keys, size, mean, std)
+    named = _named_inputs(names, inputs)
     n = batch_length(inputs)
-    shown = 8
-    head = Gatherer(min(n, max(shown, max_heatmaps if heatmap else 0)))
-    everything = Gatherer(n) if out else None
+    drawn = (max_heatmaps or MAX_SAMPLES) if heatmap else 0
+    head = Gatherer(min(n, max(SHOWN_SAMPLES, drawn)))   # what is printed and drawn
+    everything = Gatherer(n) if out else None             # what -o saves
     with RunProgress(n, enabled=None if n > batch_size else False) as progress:
         for start, part in explain_in_batches(explainer, inputs, target, batch_size):
             head.add(start, part)
@@ -45,42 +62,75 @@ def explain_cmd(model, input_file, targets, composite, sets, output_name, out, t
                 everything.add(start, part)
             progress.advance(part.total.shape[0], 0)
     exp = head.result()
-    click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}"
-               + (f" in {-(-n // batch_size)} runs of {batch_size}" if n > batch_size else ""))
-    for i in range(min(n, shown)):
+    runs = f" in {-(-n // batch_size)} runs of {batch_size}" if n > batch_size else ""
+    click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}{runs}")
+    for i in range(min(n, SHOWN_SAMPLES)):
         logits = exp.output.reshape(exp.output.shape[0], -1)[i]
         click.echo(f"sample {i}: predicted {int(logits.argmax())}, explained target {int(exp.target[i])} "
                    f"(output {float(logits[exp.target[i]]):.6g})")
         click.echo("  " + conservation_line(exp, i))
         for name, rel in exp.relevance.items():
-            positions = ", ".join(f"{idx}: {val:+.4g}" for idx, val in top_positions(rel[i], top))
+            labels = names if name in named else None
+            positions = ", ".join(f"{_label(idx, rel[i].shape, labels)}: {val:+.4g}"
+                                  for idx, val in top_positions(rel[i], top))
             click.echo(f"  top {name}: {positions}")
-    if n > shown:
-        click.echo(f"... {n - shown} more samples (use -o to save all)")
+    if n > SHOWN_SAMPLES:
+        click.echo(f"... {n - SHOWN_SAMPLES} more samples (use -o to save all)")
     if out:
         from .report import save_explanation
         save_explanation(everything.result(), out)
         click.echo(f"wrote {out}")
     if heatmap:
         from .heatmap import save_explanation_heatmaps
-        from .inputs import load_feature_names
-        drawn = min(n, max(max_heatmaps, 1))
-        names = load_feature_names(feature_names) if feature_names else None
-        first = {k: v[:drawn] for k, v in inputs.items()}
-        for path in save_explanation_heatmaps(heatmap, _first(exp, drawn), first, names=names, overlay=overlay,
-                                              top=top):
+        title = (f"{Path(model).name}: LRP ({explainer.composite}) of the {_target_text(target)} "
+                 f"(red: for it, blue: against)")
+        first = {name: value[:head.filled] for name, value in inputs.items()}
+        for path, layout in save_explanation_heatmaps(heatmap, exp, first, names=names, overlay=overlay, top=top,
+                                                      title=title, named=named, max_samples=max_heatmaps):
+            if layout.samples < n:
+                note(f"the heatmap shows the first {layout.samples} of the {n} samples")
             click.echo(f"wrote heatmap {path}")
-        if n > drawn:
-            click.echo(f"the heatmap shows the first {drawn} of {n} samples (--max-heatmaps {max_heatmaps})")
 
 
-def _first(exp, k: int):
-    """The first k samples of an explanation."""
-    from .runtime import Explanation
-    return Explanation(output=exp.output[:k], target=exp.target[:k], total=exp.total[:k],
-                       relevance={n: v[:k] for n, v in exp.relevance.items()},
-                       bias={n: v[:k] for n, v in exp.bias.items()}, stabilizer=exp.stabilizer[:k],
-                       rules=exp.rules, graph=exp.graph)
+def _feature_names(path: Optional[str]) -> Optional[list]:
+    """The --feature-names file's names (read before any work), None without the option."""
+    if not path:
+        return None
+    from .inputs import load_feature_names
+    return load_feature_names(path)
+
+
+def _named_inputs(names: Optional[list], inputs: dict) -> set:
+    """The inputs the feature names fit (as many values per sample as names); none fitting is an error."""
+    if names is None:
+        return set()
+    import numpy as np
+    sizes = {name: int(np.prod(np.shape(value)[1:])) for name, value in inputs.items()}
+    fitting = {name for name, size in sizes.items() if size == len(names)}
+    if not fitting:
+        from .errors import InputError
+        if len(sizes) == 1:
+            raise InputError(f"got {len(names)} feature names for {next(iter(sizes.values()))} features")
+        raise InputError(f"got {len(names)} feature names; no input has that many values per sample ("
+                         + ", ".join(f"{k}: {v}" for k, v in sizes.items()) + ")")
+    return fitting
+
+def _label(index: tuple, shape: tuple, names: Optional[Sequence[str]]) -> str:
+    """A top position: its index, preceded by its feature name when there are names."""
+    if names is None:
+        return str(index)
+    import numpy as np
+    flat = int(np.ravel_multi_index(index, shape)) if shape else 0
+    return f"{names[flat]} {index}"
+
+
+def _target_text(target) -> str:
+    """What the explanation explains, for the heatmap title."""
+    if target is None:
+        return "predicted class"
+    if isinstance(target, int):
+        return f"class {target}"
+    return "class given per sample"
 
 
 COMMANDS = (explain_cmd,)

@@ -93,8 +93,8 @@ def _prepare_folder(folder: Path, resume: bool) -> Optional[dict]:
     return manifest
 
 
-def run_dataset(model, data, out, *, composite: str = "epsilon_plus", params: Optional[dict] = None,
-                output: Optional[str] = None, init: str = "logit", target="argmax", batch_size: int = 64,
+def run_dataset(model, data, out, *, composite: Optional[str] = None, params: Optional[dict] = None,
+                output: Optional[str] = None, init: Optional[str] = None, target="argmax", batch_size: int = 64,
                 workers: int = 1, threads: Optional[int] = None, engine: str = "local",
                 ray_address: Optional[str] = None, resume: bool = False, store: str = "full",
                 key: Union[None, str, Mapping] = None, column: Union[None, str, Mapping] = None,
@@ -103,6 +103,8 @@ def run_dataset(model, data, out, *, composite: str = "epsilon_plus", params: Op
                 providers: Optional[Sequence[str]] = None, progress: Optional[bool] = None,
                 stall_seconds: Optional[float] = None) -> DatasetRun:
     """Explain every sample of data with model into Parquet shards under out; returns what the run did.
+
+    model, composite, params, output, init, providers: as for Explainer (a compiled model keeps its composite).
 
     data: a folder of images (recursively; a class-per-subfolder layout gives labels), an .npy/.npz (key: the
     array, label_column: the .npz array of labels) or Parquet, a file or a folder (column: the list or

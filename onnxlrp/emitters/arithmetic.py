@@ -28,8 +28,11 @@ def _check_add(view: NodeView) -> Optional[str]:
     """Add/Sub: a constant operand, or activations whose ranks are known (they may broadcast)."""
     if _constant_operand(view):
         return _check_broadcast(view)
-    if any(not view.is_relevant(n) for n in view.inputs):
-        return "one operand is computed at run time but carries no relevance (fold it to a constant first)"
+    silent = [n for n in view.inputs if not view.is_relevant(n)]
+    if silent:
+        from ..fold import why_not_constant
+        return (f"its operand {silent[0]!r} is computed at run time but carries no relevance "
+                f"({why_not_constant(view.index, silent[0])})")
     return _check_ranks(view)
 
 
