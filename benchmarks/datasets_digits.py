@@ -4,8 +4,9 @@ loop over the same batches with the same Explainer settings (target >= 90 %).
     .venv/bin/python benchmarks/datasets_digits.py [--samples 200000] [--batch-size 1024] [--rounds 3]
 
 Every measurement runs in a fresh process, which reports its own peak resident memory (VmHWM; a child's
-ru_maxrss would start from this script's size at fork); loop and engine rounds are interleaved, medians reported. The digits are scikit-learn's 1797, drawn with replacement and
-jittered (seeded) into a (N, 1, 8, 8) float32 .npy (51 MB for 200,000); the model is the shipped digits CNN.
+ru_maxrss would start from this script's size at fork); loop and engine rounds are interleaved, medians reported.
+The digits are scikit-learn's 1797, drawn with replacement and jittered (seeded) into a (N, 1, 8, 8) float32 .npy
+(51 MB for 200,000); the model is the shipped digits CNN.
 """
 from __future__ import annotations
 

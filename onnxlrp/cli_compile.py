@@ -10,7 +10,7 @@ from .cli_options import (EXIT_USER_ERROR, check_output_file, check_output_folde
                           model_argument, output_option, parse_sets, set_option)
 
 
-@command("compile", short_help="Compile MODEL (or several, or folders of them) into models that explain themselves.")
+@command("compile", short_help="Compile models into models that explain themselves.")
 @click.argument("models", metavar="MODEL...", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--out", "out", required=True, type=click.Path(),
               help="Where to write the compiled model (.onnx); a folder when compiling several models or folders "

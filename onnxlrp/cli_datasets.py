@@ -6,8 +6,8 @@ from typing import Sequence
 
 import click
 
-from .cli_options import (command, explain_composite_option, format_option, image_options, model_argument, output_option,
-                          parse_sets, set_option)
+from .cli_options import (command, explain_composite_option, format_option, image_options, model_argument,
+                          output_option, parse_sets, set_option)
 from .errors import OnnxLrpError
 
 EXIT_INTERRUPTED = 130
@@ -28,7 +28,7 @@ def _pairs(values: Sequence[str], what: str):
     return pairs
 
 
-@command("explain-dataset")
+@command("explain-dataset", short_help="Explain a whole data set into Parquet rows.")
 @model_argument
 @click.argument("data", type=click.Path())
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False),
@@ -77,7 +77,7 @@ def explain_dataset_cmd(model, data, out, composite, sets, output_name, target, 
     click.echo(run.summary())
 
 
-@command("dataset-report")
+@command("dataset-report", short_help="Bias table of a whole explain-dataset run.")
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--by", type=click.Choice(["label", "predicted", "target"]), default=None,
               help="Group samples by their label, predicted or explained class [default: label when known].")

@@ -160,7 +160,8 @@ def test_wrong_shape_and_nan_samples_are_listed_and_the_job_goes_on(tmp_path, da
     for start in range(0, 100, 16):   # the engine's batches, without the failed samples
         good = np.setdiff1d(np.arange(start, min(start + 16, 100)), [9, 17])
         exp = explainer.explain(x[good], y[good])
-        assert np.array_equal(relevance_matrix(rows.filter(np.isin(done, good))), exp.relevance["input"].reshape(len(good), -1))
+        assert np.array_equal(relevance_matrix(rows.filter(np.isin(done, good))),
+                              exp.relevance["input"].reshape(len(good), -1))
     assert [s["failed"] for s in load_manifest(tmp_path / "out")["shards"]] == [2, 0, 0, 0]
 
 
@@ -191,7 +192,8 @@ def test_parquet_image_bytes_and_storage_modes(tmp_path, data, explainer):
     assert np.array_equal(relevance_matrix(half), relevance_matrix(rows).astype(np.float16))
     sums = read_rows(tmp_path / "sum")
     assert sums.schema.field("relevance/input").type == pa.float64()
-    assert np.array_equal(sums.column("relevance/input").to_numpy(), relevance_matrix(rows).sum(axis=1, dtype=np.float64))
+    assert np.array_equal(sums.column("relevance/input").to_numpy(),
+                          relevance_matrix(rows).sum(axis=1, dtype=np.float64))
     assert sums.drop_columns(["relevance/input"]).equals(rows.drop_columns(["relevance/input"]))
 
 

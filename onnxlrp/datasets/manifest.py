@@ -60,7 +60,9 @@ def identity_difference(old: dict, new: dict) -> Optional[str]:
     for key in sorted(set(old) | set(new)):
         if key == "shard_size" and new.get(key) is None:
             continue
-        if json.dumps(old.get(key), sort_keys=True, default=str) != json.dumps(new.get(key), sort_keys=True, default=str):
+        same = json.dumps(old.get(key), sort_keys=True, default=str) == json.dumps(new.get(key), sort_keys=True,
+                                                                                   default=str)
+        if not same:
             return f"{key}: {_short(old.get(key))} (in the folder) vs {_short(new.get(key))} (now)"
     return None
 

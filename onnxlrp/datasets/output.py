@@ -36,7 +36,8 @@ class OutputFolder:
             self.first_failure = failures[0]
         if self.progress.ok == 0 and self.progress.failed >= self.give_up_after:
             f = self.first_failure
-            raise OnnxLrpError(f"the first {self.progress.failed} samples all failed, so the data do not fit the model: "
+            raise OnnxLrpError(f"the first {self.progress.failed} samples all failed, so the data do not fit the "
+                               f"model: "
                                f"sample {f['sample_id']!r}: {f['reason']}")
         if shard not in self.writers:
             self.writers[shard] = ShardWriter(self.folder, shard, self.schema)

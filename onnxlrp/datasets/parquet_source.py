@@ -183,8 +183,9 @@ class ParquetSource:
         table = pa.concat_tables([t for t, _, _ in pieces])
         if self.label_column:
             raw = table.column(self.label_column).to_numpy(zero_copy_only=False)
-            labels = np.where(np.isnan(raw.astype(np.float64)), NO_LABEL, raw).astype(np.int64) if raw.dtype.kind == "f" \
-                else raw.astype(np.int64)
+            if raw.dtype.kind == "f":   # an integer column with nulls arrives as floats with NaN
+                raw = np.where(np.isnan(raw), NO_LABEL, raw)
+            labels = raw.astype(np.int64)
         else:
             labels = np.full(table.num_rows, NO_LABEL, dtype=np.int64)
         values = {spec.name: self._values(table.column(self.columns[spec.name]), spec) for spec in self.specs}

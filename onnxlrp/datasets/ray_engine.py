@@ -85,8 +85,8 @@ class ShardActor:
         for shard, first, stop in zip(shards["shard"], shards["first"], shards["stop"]):
             count = 0
             for number, raw in enumerate(self.source.batches(int(first), int(stop), self.batch_size)):
-                table, failures = explain_batch(self.explainer, self.layout, prepare(raw, self.specs, int(shard), number),
-                                                self.target)
+                batch = prepare(raw, self.specs, int(shard), number)
+                table, failures = explain_batch(self.explainer, self.layout, batch, self.target)
                 yield _message(int(shard), number, False, table, failures, self.node, np)
                 count = number + 1
             yield _message(int(shard), count, True, None, [], self.node, np)
