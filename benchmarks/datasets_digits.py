@@ -57,7 +57,10 @@ def child(mode: str, data: str, out: str, batch_size: int) -> None:
     else:
         from onnxlrp.datasets import run_dataset
         run_dataset(MODEL, data, out, batch_size=batch_size, progress=False)
-    print(json.dumps({"seconds": time.perf_counter() - started, "peak_mib": peak_mib()}))
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                      "peak_mib": peak_mib()}))
 
 
 def measure(args: list) -> dict:
@@ -98,19 +101,23 @@ def main(argv=None) -> int:
     cli = measure([*me, "--child", "cli", "--out", str(cli_out)])
     t_loop = statistics.median(m["seconds"] for m in loop)
     t_engine = statistics.median(m["seconds"] for m in engine)
+    c_loop = statistics.median(m["cpu_seconds"] for m in loop)
+    c_engine = statistics.median(m["cpu_seconds"] for m in engine)
     print(f"digits CNN, {args.samples} samples ({data.stat().st_size / 2**20:.0f} MiB .npy), batch {args.batch_size}, "
           f"{os.cpu_count()} cores, onnxruntime default threads, median of {args.rounds} interleaved rounds")
-    print("| run | seconds | samples/s | peak RSS MiB |")
-    print("|---|---|---|---|")
-    for name, t, runs in (("plain loop over the batches (Explainer.explain)", t_loop, loop),
-                          ("explain_dataset, local engine, Parquet out", t_engine, engine)):
-        print(f"| {name} | {t:.2f} | {args.samples / t:,.0f} | {max(m['peak_mib'] for m in runs):.0f} |")
+    print("| run | seconds | samples/s | CPU seconds (user + system) | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    for name, t, c, runs in (("plain loop over the batches (Explainer.explain)", t_loop, c_loop, loop),
+                             ("explain_dataset, local engine, Parquet out", t_engine, c_engine, engine)):
+        print(f"| {name} | {t:.2f} | {args.samples / t:,.0f} | {c:.2f} | {max(m['peak_mib'] for m in runs):.0f} |")
     print(f"| `onnxlrp explain-dataset` (the command, progress off when piped) | {cli['seconds']:.2f} | "
-          f"{args.samples / cli['seconds']:,.0f} | {cli['peak_mib']:.0f} |")
-    ratio = t_loop / t_engine
-    print(f"throughput of the engine / the plain loop: {100 * ratio:.1f} % (target >= 90 %: "
-          f"{'met' if ratio >= 0.9 else 'MISSED'}); peak memory of the CLI run: {cli['peak_mib']:.0f} MiB "
-          f"(target < 1024 MiB: {'met' if cli['peak_mib'] < 1024 else 'MISSED'})")
+          f"{args.samples / cli['seconds']:,.0f} | {cli['cpu_seconds']:.2f} | {cli['peak_mib']:.0f} |")
+    ratio, cpu_ratio = t_loop / t_engine, c_loop / c_engine
+    print(f"throughput of the engine / the plain loop: {100 * ratio:.1f} % by wall time, {100 * cpu_ratio:.1f} % by "
+          f"CPU time (target >= 90 %: {'met' if ratio >= 0.9 else 'MISSED'} / "
+          f"{'met' if cpu_ratio >= 0.9 else 'MISSED'}); "
+          f"peak memory of the CLI run: {cli['peak_mib']:.0f} MiB (target < 1024 MiB: "
+          f"{'met' if cli['peak_mib'] < 1024 else 'MISSED'})")
     return 0
 
 

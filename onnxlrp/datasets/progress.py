@@ -24,13 +24,15 @@ class RunProgress:
     """Counts explained and failed samples; draws a bar on stderr when it is a terminal (or when asked)."""
 
     def __init__(self, total: int, done: int = 0, enabled: Optional[bool] = None, description: str = "explaining"):
-        from rich.console import Console
         self.total, self.start_done = total, done
         self.ok = self.failed = 0
         self.started = time.perf_counter()
-        console = Console(stderr=True)
-        self.enabled = console.is_terminal if enabled is None else enabled
         self._bar = None
+        if enabled is not False:   # rich is imported only when a bar may be drawn
+            from rich.console import Console
+            console = Console(stderr=True)
+            enabled = console.is_terminal if enabled is None else enabled
+        self.enabled = bool(enabled)
         if self.enabled:
             from rich.progress import Progress
             self._bar = Progress(*_columns(), console=console, transient=False)
