@@ -9,8 +9,10 @@ from .errors import (  # noqa: E402
 )
 from .runtime import Explainer, Explanation  # noqa: E402
 from .evaluate import evaluate  # noqa: E402  (the function; the module stays importable as onnxlrp.evaluate)
+from .datasets import explain_dataset  # noqa: E402
 
-__all__ = ["compile", "compiled_metadata", "load_composite", "Explainer", "Explanation", "evaluate", "OnnxLrpError",
+__all__ = ["compile", "compiled_metadata", "load_composite", "Explainer", "Explanation", "evaluate",
+           "explain_dataset", "OnnxLrpError",
            "CompileError", "CompositeError", "InputError", "ModelLoadError", "RuleParameterError",
            "UnsupportedModelError", "CompileBudgetError", "ConservationError", "ArgumentError", "ArgumentTypeError",
            "__version__"]

@@ -46,7 +46,7 @@ def report_options(fn):
     return fn
 
 
-@command("bias-table", short_help="Relevance taken by every bias, the inputs and the stabilizer.")
+@command("bias-table", short_help="Relevance taken by every bias, the inputs, the stabilizer.")
 @report_options
 @click.option("--top", default=3, show_default=True, help="How many of each row's largest units to list.")
 def bias_table_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, fmt, top) -> None:

@@ -96,11 +96,12 @@ _MODE_NAMES = {"1": "black-and-white", "L": "grey", "LA": "grey with alpha", "P"
                "RGBA": "RGBA", "CMYK": "CMYK", "I": "32-bit grey", "I;16": "16-bit grey", "F": "float grey"}
 
 
-def load_image(path: str, options: ImageOptions, notes: Optional[list] = None) -> np.ndarray:
-    """An image file as a float32 batch of one: (1, C, H, W) (or (1, H, W, C), (1, H, W), (1, H*W*C)), scaled to
-    [0, 1], normalised. Every change to the picture (size, colours) is appended to notes as one sentence."""
+def load_image(path, options: ImageOptions, notes: Optional[list] = None) -> np.ndarray:
+    """An image file (a path, or an open binary file) as a float32 batch of one: (1, C, H, W) (or (1, H, W, C),
+    (1, H, W), (1, H*W*C)), scaled to [0, 1], normalised. Every change to the picture (size, colours) is appended
+    to notes as one sentence."""
     from PIL import Image, UnidentifiedImageError
-    file = Path(path)
+    file = path if hasattr(path, "read") else Path(path)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[options.channels]
     if options.size is not None and options.size[0] * options.size[1] > MAX_IMAGE_PIXELS:
         height, width = options.size

@@ -131,9 +131,14 @@ class Explainer:
                  params: Optional[dict] = None, output: Optional[str] = None, init: Optional[str] = None,
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
                  session_options=None, shapes: Optional[Mapping[str, Sequence[int]]] = None,
-                 max_constant_bytes: Optional[int] = None) -> None:
+                 max_constant_bytes: Optional[int] = None, threads: Optional[int] = None) -> None:
+        """session_options: an onnxruntime.SessionOptions used as given (thread pools, graph optimisation level,
+        profiling, ...); threads: onnxruntime's intra-op thread count (None: onnxruntime's default, one per core)."""
         import onnxruntime as ort
         _check_explainer_arguments(model, providers)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise OnnxLrpError(f"threads must be a positive integer, got {threads!r}")
         proto = source = load_model(model)
         where = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
         meta = compiled_metadata(proto, where)
@@ -151,6 +156,8 @@ class Explainer:
         self.model = proto
         self.meta = meta
         options = session_options or ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
         options.log_severity_level = 4  # fatal only: a failing run raises (one error line), it need not log too
         tune_options(options, proto)
         # a compiled model given as a file: onnxruntime reads the file itself, and the proto is reloaded on demand
