@@ -59,7 +59,7 @@ def child(kind: str, workers: int, threads: int, model: str, data: str, out: str
     details = {}
     if kind == "ray":
         import ray
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     started = time.perf_counter()
     if kind == "loop":
         from onnxlrp import Explainer

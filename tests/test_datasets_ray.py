@@ -16,7 +16,7 @@ from onnxlrp.errors import OnnxLrpError
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module: two CPUs."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -135,6 +135,9 @@ def ray_session(address: Optional[str]):
     ray = require_ray()
     started = False
     if not ray.is_initialized():
+        # "local": a Ray of our own; ray.init(address=None) would join any Ray another process started on this
+        # machine (/tmp/ray/ray_current_cluster), e.g. a concurrent job's or test suite's
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         check_reachable(address)
         # Ray's C++ core logs a harmless error line per actor pool of Ray Data (ray-project/ray#53727) and its
         # Python side a few info lines: keep the driver's terminal for the progress bar and the summary
