@@ -11,6 +11,7 @@ import onnx
 from onnx import helper
 
 from . import __version__
+from .batch import DEFAULT as DEFAULT_LAYOUT, batch_layouts
 from .builder import GraphBuilder
 from .canonicalize import canonicalize, explained_tensor
 from .composites import Composite, load_composite
@@ -24,6 +25,7 @@ METADATA_KEY = "onnxlrp"
 UNSCALED_OUTPUTS = ("lrp/total", "lrp/output")
 LOW_PRECISION_FLOATS = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 TARGET_INPUT = "lrp_target"
+POSITION_INPUT = "lrp_position"  # (N,) or (1,) int64, default -1: the position of a sequence output (N, T, C)
 NONNEGATIVE_OPS = {"Relu", "Sigmoid", "Softplus", "HardSigmoid", "Abs", "Exp", "Softmax"}
 NONNEGATIVE_IF_INPUTS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten",
                          "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Concat", "Add", "Sum", "Pad",
@@ -50,6 +52,20 @@ DOMAIN_HINTS = {
 CUSTOM_DOMAIN_HINT = "custom ops cannot be explained: export with standard ONNX ops"
 
 
+# ops that carry token ids unchanged from an int graph input to an embedding Gather
+INDEX_PRESERVING = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Int values that carry relevance: int graph inputs whose values select rows of a constant float table
+    (an embedding Gather), the values between them and the Gather, and the nodes that carry them."""
+
+    inputs: frozenset = frozenset()
+    values: frozenset = frozenset()
+    nodes: frozenset = frozenset()
+
+
 @dataclass
 class Plan:
     """The compile plan: path nodes in topological order, their rules and views."""
@@ -64,6 +80,9 @@ class Plan:
     specs: dict = field(default_factory=dict)
     senders: dict = field(default_factory=dict)  # tensor -> [(consumer node, relevance value)], filled by compile
     seed_scale: Optional[str] = None  # (N,) factor every relevance output is multiplied by (see _seed)
+    tokens: Tokens = Tokens()  # int inputs (token ids) that receive relevance through embedding Gathers
+    logits: Optional[str] = None  # what lrp/output reports: the explained value, or its row at lrp_position
+    layouts: dict = field(default_factory=dict)  # value -> batch.Layout: where the batch axis lies
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -89,11 +108,47 @@ def _non_finite(array: Optional[np.ndarray]) -> bool:
     return array is not None and array.dtype.kind == "f" and not bool(np.all(np.isfinite(array)))
 
 
-def relevance_path(index: GraphIndex, explained: str) -> set:
-    """Float values that depend (through float values only) on a float graph input and feed the explained value."""
-    reach = {n for n in index.graph_inputs if (index.info(n) is not None and index.info(n).is_float)}
+def _is_int(index: GraphIndex, name: str) -> bool:
+    """True for a value of a known integer type."""
+    info = index.info(name)
+    return info is not None and onnx.helper.tensor_dtype_to_np_dtype(info.elem_type).kind in "iu"
+
+
+def token_values(index: GraphIndex) -> Tokens:
+    """Int graph inputs that feed the indices of a Gather (axis 0) of a constant float table, through
+    index-preserving ops only (Cast to an int type, Reshape, Unsqueeze, ...): token ids. Their relevance is the
+    gathered rows' relevance summed over the row (the hidden axis)."""
+    inputs, values, nodes = set(), set(), set()
     for node in index.order:
-        if any(i in reach for i in all_inputs(node)):  # implicit inputs too: If/Loop bodies read outer values
+        table = index.constants.get(node.input[0]) if node.op_type == "Gather" and len(node.input) == 2 else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is None or table.dtype.kind != "f" or axis != 0 or node.input[1] in index.constants:
+            continue
+        name, chain, names = node.input[1], [node.name], [node.input[1]]
+        while name not in index.graph_inputs:
+            producer = index.producer.get(name)
+            if producer is None or producer.op_type not in INDEX_PRESERVING or not _is_int(index, name):
+                break
+            name = producer.input[0]
+            chain.append(producer.name)
+            names.append(name)
+        if name in index.graph_inputs and _is_int(index, name) and all(_is_int(index, n) for n in names):
+            inputs.add(name)
+            values.update(names)
+            nodes.update(chain)
+    return Tokens(frozenset(inputs), frozenset(values), frozenset(nodes))
+
+
+def relevance_path(index: GraphIndex, explained: str, tokens: Tokens = Tokens()) -> set:
+    """Float values that depend (through float values only) on a float graph input and feed the explained value,
+    plus the token values (int ids that select embedding rows) and what depends on them through the embeddings."""
+    reach = {n for n in index.graph_inputs if (index.info(n) is not None and index.info(n).is_float)}
+    reach |= tokens.inputs
+    for node in index.order:
+        if node.name in tokens.nodes:
+            reach.update(o for o in node.output if o)
+            continue
+        if any(i in reach and i not in tokens.values for i in all_inputs(node)):  # implicit inputs too
             for out in node.output:
                 info = index.info(out)
                 if out and (info is None or info.is_float):
@@ -131,60 +186,72 @@ def nonnegative_values(index: GraphIndex, path: set) -> frozenset:
     return frozenset(known)
 
 
-def _prune_silent_branches(index: GraphIndex, explained: str, path: set, nodes: list, nonneg: frozenset) -> tuple:
-    """Drop nodes whose outputs only feed inputs that never receive relevance (the branch of a sigmoid gate):
-    they need no rule and no emitter. Returns the reduced (path, nodes)."""
-    receives = {explained}
+def _prune_silent_branches(plan: "Plan", rules: dict) -> tuple:
+    """Drop nodes whose outputs only feed inputs that never receive relevance under their consumer's rule (the
+    branch of a sigmoid gate, a normalisation statistic, CP-LRP's queries and keys): they need no rule and no
+    emitter. Returns the reduced (path, nodes)."""
+    receives = {plan.explained}
     kept = []
-    for node in reversed(nodes):
+    for node in reversed(plan.nodes):
         if not any(o in receives for o in node.output):
             continue
         kept.append(node)
-        spec = lookup(node.op_type) if node.domain in ("", "ai.onnx") else None
+        spec = plan.specs.get(node.name)
         silent = set()
         if spec is not None and spec.silent is not None:
-            view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
-            silent = spec.silent(view)
-        receives.update(i for i in node.input if i in path and i not in silent)
+            silent = spec.silent(plan.views[node.name], rules.get(node.name))
+        receives.update(i for i in node.input if i in plan.path and i not in silent)
     kept.reverse()
-    return {v for v in path if v in receives}, kept
+    return {v for v in plan.path if v in receives}, kept
+
+
+OPTIMIZED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+                 "EmbedLayerNormalization", "BiasGelu", "FastGelu", "GroupQueryAttention", "SimplifiedLayerNormalization",
+                 "RotaryEmbedding", "BiasSplitGelu", "BiasAdd", "QuickGelu", "PackedAttention", "MatMulNBits",
+                 "LayerNormalization", "Gelu", "FusedMatMul", "SkipGroupNorm", "GemmFastGelu")
+
+
+def refuse_optimized(index: GraphIndex) -> None:
+    """An onnxruntime-optimised transformer (com.microsoft Attention, SkipLayerNormalization, FastGelu, ...) is
+    refused in one error that names those nodes."""
+    fused = [n for n in index.order if n.domain == "com.microsoft" and n.op_type in OPTIMIZED_OPS]
+    if fused:
+        problems = [NodeProblem(n.op_type, n.name, "an onnxruntime-fused op (com.microsoft)") for n in fused]
+        raise UnsupportedModelError(problems, lead="this model was optimised by onnxruntime's transformer "
+                                    "optimizer; explain the model as exported, before onnxruntime's transformer "
+                                    "optimizations")
 
 
 def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[str]) -> Plan:
     """Canonical model -> Plan, raising UnsupportedModelError that lists every problem at once."""
     index = GraphIndex.build(model)
+    refuse_optimized(index)
     out_name, explained = explained_tensor(model, output)
-    path = relevance_path(index, explained)
+    tokens = token_values(index)
+    path = relevance_path(index, explained, tokens)
     if explained not in path:
         raise OnnxLrpError(f"output {out_name!r} does not depend on any floating-point input: nothing to explain")
     nodes = [n for n in index.order if any(o in path for o in n.output)]
     nonneg = nonnegative_values(index, path)
-    path, nodes = _prune_silent_branches(index, explained, path, nodes, nonneg)
-    plan = Plan(index, explained, out_name, path, nodes)
-    problems, assignable = [], []
+    plan = Plan(index, explained, out_name, path, nodes, tokens=tokens)
+    found: dict = {}  # node name -> NodeProblem
+    assignable = []
     for node in nodes:
+        # views see the relevance path before pruning: a gate's branch is still "data" the node computes at run time
         view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
         plan.views[node.name] = view
-        if node.domain not in ("", "ai.onnx"):
-            problems.append(NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}",
-                                        DOMAIN_HINTS.get(node.domain, CUSTOM_DOMAIN_HINT)))
-            continue
-        broken = [i for i in node.input if _non_finite(index.constants.get(i))]
-        if broken:  # NaN/Inf weights make every relevance NaN: refuse them instead of explaining garbage
-            problems.append(NodeProblem(node.op_type, node.name, f"its constant input {broken[0]!r} holds NaN or Inf",
-                                        "the model file is corrupt or its training diverged"))
+        problem = _support_problem(node, view, index)
+        if problem is not None:
+            found[node.name] = problem
             continue
         spec = lookup(node.op_type)
-        if spec is None:
-            problems.append(NodeProblem(node.op_type, node.name, "no relevance rule for this op",
-                                        HINTS.get(node.op_type, "")))
-            continue
-        reason = spec.check(view) if spec.check else None
-        if reason:
-            problems.append(NodeProblem(node.op_type, node.name, reason))
-            continue
         plan.specs[node.name] = spec
         assignable.append((node.op_type, spec.group(view), node.name))
+    first = {name: rule for name, (rule, _) in composite.assign(assignable).items()}
+    plan.path, plan.nodes = _prune_silent_branches(plan, first)
+    kept = {n.name for n in plan.nodes}
+    problems = [p for name, p in found.items() if name in kept]
+    assignable = [entry for entry in assignable if entry[2] in kept]
     assigned = composite.assign(assignable)
     for op_type, group, name in assignable:
         if name not in assigned:
@@ -204,10 +271,47 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     return plan
 
 
-def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
+def _support_problem(node: onnx.NodeProto, view: NodeView, index: GraphIndex) -> Optional[NodeProblem]:
+    """Why a node cannot be explained (custom domain, NaN weights, no emitter, its emitter's check), or None."""
+    if node.domain not in ("", "ai.onnx"):
+        return NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}",
+                           DOMAIN_HINTS.get(node.domain, CUSTOM_DOMAIN_HINT))
+    broken = [i for i in node.input if _non_finite(index.constants.get(i))]
+    if broken:  # NaN/Inf weights make every relevance NaN: refuse them instead of explaining garbage
+        return NodeProblem(node.op_type, node.name, f"its constant input {broken[0]!r} holds NaN or Inf",
+                           "the model file is corrupt or its training diverged")
+    spec = lookup(node.op_type)
+    if spec is None:
+        return NodeProblem(node.op_type, node.name, "no relevance rule for this op", HINTS.get(node.op_type, ""))
+    reason = spec.check(view) if spec.check else None
+    return NodeProblem(node.op_type, node.name, reason) if reason else None
+
+
+def is_sequence(index: GraphIndex, explained: str) -> bool:
+    """True for an explained output of rank 3, (N, T, C): one position's logits are explained (lrp_position)."""
+    info = index.info(explained)
+    return info is not None and info.shape is not None and len(info.shape) == 3
+
+
+def _at_position(b: GraphBuilder, explained: str) -> tuple:
+    """(N, T, C) -> ((N, C) logits at lrp_position per sample (negative counts from the end), (N, T, 1) mask)."""
+    length = b.op("Gather", [b.op("Shape", [explained], "seq_shape"), b.const(1, dtype=np.int64)], "seq_len")
+    position = POSITION_INPUT
+    wrapped = b.op("Where", [b.op("Less", [position, b.const(0, dtype=np.int64)], "pos_negative"),
+                             b.op("Add", [position, length], "pos_from_end"), position], "pos")
+    steps = b.op("Range", [b.const(0, dtype=np.int64), length, b.const(1, dtype=np.int64)], "steps")
+    at = b.op("Equal", [b.unsqueeze(wrapped, [1], "pos_col"), steps], "at_pos")
+    mask = b.unsqueeze(at, [2], "at_pos_3d")
+    row = b.reduce("ReduceSum", b.op("Where", [mask, explained, b.const(0.0)], "y_at_pos"), [1], keepdims=False,
+                   hint="y_row")
+    return row, mask
+
+
+def _seed(b: GraphBuilder, explained: str, init: str, sequence: bool = False) -> tuple:
     """Initial relevance: the explained value at the target (logit) or one-hot (one), divided by its magnitude;
-    returns (unit seed, total, (N,) scale)."""
-    flat = b.op("Reshape", [explained, b.ints([0, -1])], "y_flat")
+    for a sequence output (N, T, C) at position lrp_position only; returns (unit seed, total, (N,) scale, logits)."""
+    logits, mask = _at_position(b, explained) if sequence else (explained, None)
+    flat = b.op("Reshape", [logits, b.ints([0, -1])], "y_flat")
     target = TARGET_INPUT
     argmax = b.op("ArgMax", [flat], "argmax", axis=1, keepdims=0)
     use_argmax = b.op("Less", [target, b.const(0, dtype=np.int64)], "use_argmax")
@@ -227,8 +331,11 @@ def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
     is_zero = b.op("Equal", [magnitude, b.const(0.0)], "seed_is_zero")
     scale = b.op("Where", [is_zero, b.const(1.0), magnitude], "seed_scale")
     unit = b.op("Div", [seed_flat, b.unsqueeze(scale, [1], "seed_scale_col")], "seed_unit")
+    if sequence:
+        seed = b.op("Where", [mask, b.unsqueeze(unit, [1], "seed_row"), b.const(0.0)], "seed")
+        return seed, total, scale, logits
     seed = b.op("Reshape", [unit, b.op("Shape", [explained], "y_full_shape")], "seed")
-    return seed, total, scale
+    return seed, total, scale, logits
 
 
 def _blame_inconsistent_models(fn):
@@ -275,11 +382,16 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
     b = GraphBuilder(canon, opset_version(canon), dtype)
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     b.foreign = {name for name, info in index.infos.items() if info.is_float and info.elem_type != elem}
-    seed, total, plan.seed_scale = _seed(b, plan.explained, init)
+    sequence = is_sequence(index, plan.explained)
+    seed, total, plan.seed_scale, logits = _seed(b, plan.explained, init, sequence)
+    plan.logits = logits
     contributions: dict = {plan.explained: [seed]}
     bias_values, stab_values = {}, []
     relevance_of: dict = {}
+    plan.layouts = batch_layouts(index, plan.path, [i for i in index.graph_inputs if i in plan.path])
+    b.batch_input = next((i for i in index.graph_inputs if i in plan.path), None)
     for node in reversed(plan.nodes):
+        b.layout = plan.layouts.get(node.output[0], DEFAULT_LAYOUT)
         outs = [b.add_all(contributions[o], "R_sum") if contributions.get(o) else None for o in node.output]
         if all(r is None for r in outs):
             continue
@@ -295,7 +407,7 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         except Exception as exc:  # an emitter bug must still name the node
             raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}) failed to compile: "
                                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
-        b.scope = "lrp/_"
+        b.scope, b.layout = "lrp/_", DEFAULT_LAYOUT
         for inp, r in zip(node.input, emitted.inputs):
             if r is not None and inp in plan.path:
                 contributions.setdefault(inp, []).append(r)
@@ -315,6 +427,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     elem = helper.np_dtype_to_tensor_dtype(b.dtype)
     meta = {"version": __version__, "composite": comp.name, "params": comp.params, "init": init,
             "output": plan.output, "explained": plan.explained, "target_input": TARGET_INPUT,
+            "position_input": POSITION_INPUT if plan.logits != plan.explained else None,
             "relevance": {}, "bias": {}, "stabilizer": "lrp/stabilizer", "total": "lrp/total",
             "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
             "rules": {name: rule.describe() for name, rule in plan.rules.items()},
@@ -324,13 +437,14 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     b.scope = "lrp/_"
     for name in index.graph_inputs:
         info = index.info(name)
-        if info is None or not info.is_float:
+        if info is None or not (info.is_float or name in plan.tokens.inputs):
             continue
         out = f"lrp/relevance/{name}"
         parts = contributions.get(name)
         value = b.add_all(parts, "R_in") if parts else b.zeros_like(name, "R_in0")
         relevance_of[name] = value
-        out_type = elem if info.elem_type in LOW_PRECISION_FLOATS else info.elem_type  # see working_dtype
+        # token ids (int) get float relevance in the working dtype, one value per id
+        out_type = elem if (info.elem_type in LOW_PRECISION_FLOATS or not info.is_float) else info.elem_type
         if out_type != elem:
             value = b.op("Cast", [value], "R_cast", to=out_type)
         b.op_named("Identity", [value], out)
@@ -344,11 +458,14 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     stab = b.add_all([v for _, v in stab_values], "stab_total") if stab_values else b.zeros_like(total, "stab0")
     b.op_named("Identity", [stab], "lrp/stabilizer")
     b.op_named("Identity", [total], "lrp/total")
-    b.op_named("Identity", [plan.explained], "lrp/output")
+    b.op_named("Identity", [plan.logits], "lrp/output")
     for out in ("lrp/stabilizer", "lrp/total"):
         outputs.append(helper.make_tensor_value_info(out, elem, [None]))
     logits_info = index.info(plan.explained)
-    outputs.append(helper.make_tensor_value_info("lrp/output", elem, _dims(logits_info.shape if logits_info else None)))
+    logits_shape = logits_info.shape if logits_info else None
+    if logits_shape is not None and plan.logits != plan.explained:  # the row at lrp_position: (N, C)
+        logits_shape = (logits_shape[0], logits_shape[2])
+    outputs.append(helper.make_tensor_value_info("lrp/output", elem, _dims(logits_shape)))
     _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outputs, elem)
     _unscale_outputs(b, outputs, plan.seed_scale)
 
@@ -363,6 +480,9 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     if batch is not None:
         target_vi.type.tensor_type.shape.dim[0].CopyFrom(batch)
     graph.input.append(target_vi)
+    if meta["position_input"]:  # optional: an initializer of the same name is its default, -1 (the last position)
+        graph.input.append(helper.make_tensor_value_info(POSITION_INPUT, onnx.TensorProto.INT64, [None]))
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), POSITION_INPUT))
     graph.output.extend(outputs)
     model.ir_version = source.ir_version
     annotate_shapes(model)
@@ -389,7 +509,11 @@ def _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outp
             value = relevance_of.get(name)
             if value is None:
                 continue
-            out = b.op_named("Identity", [b.per_sample_sum(value, "R_node_sum")], f"lrp/sum/{name}")
+            b.layout = plan.layouts.get(name, DEFAULT_LAYOUT)
+            info = plan.index.info(name)
+            rank = len(info.shape) if info is not None and info.shape is not None else None
+            out = b.op_named("Identity", [b.per_sample_sum(value, "R_node_sum", rank)], f"lrp/sum/{name}")
+            b.layout = DEFAULT_LAYOUT
             meta["sums"][name] = out
             outputs.append(helper.make_tensor_value_info(out, elem, [None]))
         _edge_sums(b, plan, meta, outputs, elem)
@@ -423,7 +547,11 @@ def _edge_sums(b, plan, meta, outputs, elem) -> None:
             continue
         meta["edges"][name] = {}
         for node_name, values in by_node.items():
-            total = b.per_sample_sum(b.add_all(values, "R_edge"), "R_edge_sum")
+            b.layout = plan.layouts.get(name, DEFAULT_LAYOUT)
+            info = plan.index.info(name)
+            rank = len(info.shape) if info is not None and info.shape is not None else None
+            total = b.per_sample_sum(b.add_all(values, "R_edge"), "R_edge_sum", rank)
+            b.layout = DEFAULT_LAYOUT
             out = b.op_named("Identity", [total], f"lrp/edge/{node_name}/{name}")
             meta["edges"][name][node_name] = out
             outputs.append(helper.make_tensor_value_info(out, elem, [None]))

@@ -11,12 +11,15 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
-from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
+from .compiler import POSITION_INPUT, TARGET_INPUT, compile as compile_model, compiled_metadata
 from .errors import InputError, ModelLoadError, OnnxLrpError
 from .graph import ModelLike, inconsistency, load_model
 from .session_tuning import release_freed_memory, tune_options
 
 _PROBE_LOCK = threading.Lock()
+# onnxruntime 1.31's FastGeluFusion fuses x * 0.5 * (1 + tanh(...)) (GPT-2's GELU) into one node and drops the
+# intermediate x * 0.5 although the relevance graph reads it ("Node input ... is not a graph input"): it stays off
+DISABLED_OPTIMIZERS = ["FastGeluFusion"]
 _CUDA_WORKS: Optional[bool] = None
 
 
@@ -122,16 +125,17 @@ class Explainer:
         try:
             with _quiet_stderr():
                 self.session = ort.InferenceSession(os.fspath(model) if from_file else proto.SerializeToString(),
-                                                    options, providers=choose_providers(providers))
+                                                    options, providers=choose_providers(providers),
+                                                    disabled_optimizers=DISABLED_OPTIMIZERS)
         except Exception as exc:
             raise _session_error(source, exc) from None
-        self._static_classes = _static_classes(proto, meta["explained"])
+        self._static_classes = _static_classes(proto, meta["explained"], bool(meta.get("position_input")))
         if from_file:
             self._model, self._model_path = None, os.fspath(model)
         del proto, source
         release_freed_memory()
         self.provider = self.session.get_providers()[0]
-        self.inputs = [i for i in self.session.get_inputs() if i.name != TARGET_INPUT]
+        self.inputs = [i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, POSITION_INPUT)]
         self._output_names = [o.name for o in self.session.get_outputs()]
 
     @property
@@ -188,14 +192,28 @@ class Explainer:
             raise InputError("the batch is empty")
         return feeds, batch
 
-    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None) -> Explanation:
-        """Explain a batch: target None (argmax), one int for every sample, or N ints."""
+    @property
+    def sequence(self) -> bool:
+        """True when the explained output is a sequence (N, T, C) and explain() takes a position."""
+        return bool(self.meta.get("position_input"))
+
+    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None,
+                position: Union[None, int, Sequence[int]] = None) -> Explanation:
+        """Explain a batch: target None (argmax), one int for every sample, or N ints; for a sequence output
+        (N, T, C), position picks the explained position (one int or N ints, default -1: the last)."""
         feeds, batch = self._feeds(inputs)
         feeds[TARGET_INPUT] = self._targets(target, batch)
+        if self.sequence:
+            feeds[POSITION_INPUT] = self._positions(position, batch)
+        elif position is not None:
+            raise InputError(f"position applies to sequence outputs (N, T, C); output {self.meta['output']!r} is "
+                             f"not one")
         try:
             values = dict(zip(self._output_names, self.session.run(None, feeds)))
         except Exception as exc:
             raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
+        if self.sequence:
+            self._check_positions(feeds[POSITION_INPUT], values[self.meta["output"]])
         logits = values[self.meta["logits"]]
         if logits.size == 0 or logits.size % batch or logits.shape[:1] != (batch,):
             raise OnnxLrpError(f"output {self.meta['output']!r} has shape {logits.shape}, which is not one row per "
@@ -247,6 +265,28 @@ class Explainer:
                              f"has {classes} classes")
         return array
 
+    def _positions(self, position, batch: int) -> np.ndarray:
+        """Positions as (N,) int64 (negative ones count from the end); None is -1, the last position."""
+        if position is None:
+            return np.full(batch, -1, dtype=np.int64)
+        array = np.asarray(position)
+        if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.ndim > 1:
+            raise InputError(f"position must be one int or one int per sample, got {position!r}")
+        array = array.astype(np.int64).reshape(-1)
+        if array.size == 1:
+            array = np.full(batch, int(array[0]), dtype=np.int64)
+        if array.size != batch:
+            raise InputError(f"got {array.size} positions for a batch of {batch}")
+        return array
+
+    def _check_positions(self, positions: np.ndarray, output: np.ndarray) -> None:
+        """Every position must lie in [-T, T) for the sequence length T of the explained output."""
+        length = output.shape[1] if output.ndim >= 2 else 0
+        bad = positions[(positions >= length) | (positions < -length)]
+        if bad.size:
+            raise InputError(f"position {int(bad[0])} is out of range: output {self.meta['output']!r} has "
+                             f"{length} positions")
+
     def _classes(self) -> Optional[int]:
         """Number of classes of the explained output if static."""
         for out in self.session.get_outputs():
@@ -255,11 +295,12 @@ class Explainer:
         return self._static_classes
 
 
-def _static_classes(model: onnx.ModelProto, name: str) -> Optional[int]:
-    """Number of classes of a value from the model's declared outputs/value_info, None if unknown."""
+def _static_classes(model: onnx.ModelProto, name: str, sequence: bool = False) -> Optional[int]:
+    """Number of classes of a value from the model's declared outputs/value_info (a sequence's last axis), None if
+    unknown."""
     for vi in list(model.graph.output) + list(model.graph.value_info):
         if vi.name == name and vi.type.HasField("tensor_type"):
-            dims = vi.type.tensor_type.shape.dim[1:]
+            dims = vi.type.tensor_type.shape.dim[-1 if sequence else 1:]
             if dims and all(d.HasField("dim_value") for d in dims):
                 return int(np.prod([d.dim_value for d in dims]))
     return None

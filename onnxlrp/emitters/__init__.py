@@ -95,7 +95,8 @@ class EmitterSpec:
     group: Callable[[NodeView], str]
     rules: object  # tuple of rule classes, or a function NodeView -> tuple
     check: Optional[Callable[[NodeView], Optional[str]]] = None  # returns a reason when the node is unsupported
-    silent: Optional[Callable[[NodeView], set]] = None  # inputs that never receive relevance (a gate's branch)
+    # inputs that never receive relevance under the node's rule (None before rules are assigned): a gate's branch
+    silent: Optional[Callable[[NodeView, Optional[Rule]], set]] = None
 
 
 REGISTRY: dict = {}
@@ -136,4 +137,5 @@ def _load_families() -> None:
     if _LOADED is True:
         return
     _LOADED = True
-    from . import arithmetic, elementwise, linear, pooling, shape  # noqa: F401
+    from . import (arithmetic, attention, elementwise, linear, normalization, pooling, products,  # noqa: F401
+                   shape)

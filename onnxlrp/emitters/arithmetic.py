@@ -1,12 +1,13 @@
-"""Sums and affine arithmetic: Add/Sub/Mul/Div of an activation and a constant (linear, any rule), sums of
-activations (Add, Sub, Sum: Norm rule, R_i = x_i * J_i^T (R / stab(y)), broadcasting allowed), and a signal times
-a gate (Mul: all relevance to the signal)."""
+"""Sums and affine arithmetic: Add/Sub of an activation and a constant (linear, any rule), sums of activations
+(Add, Sub, Sum: Norm rule, R_i = x_i * J_i^T (R / stab(y)), broadcasting allowed), and Add/Sub of an activation and
+a run-time value without relevance (an attention mask, a position embedding gathered at run time), which absorbs
+its share like a bias. Mul/Div (constants, gates, products) live in products.py, the one product emitter."""
 from __future__ import annotations
 
 from typing import Optional
 
 from ..builder import GraphBuilder
-from ..rules import LINEAR_RULES, Pass, Rule
+from ..rules import LINEAR_RULES, Epsilon, Norm, Rule
 from . import Emitted, NodeView, register
 from .linear import emit_affine
 from .shape import unbroadcast
@@ -20,16 +21,20 @@ def _constant_operand(view: NodeView) -> bool:
 
 
 def _group(view: NodeView) -> str:
-    """'affine' for an activation with a constant, 'sum' for a sum of activations."""
-    return "affine" if _constant_operand(view) else "sum"
+    """'affine' for an activation with a constant or a run-time addend, 'sum' for a sum of activations."""
+    return "affine" if _constant_operand(view) or _runtime_addend(view) else "sum"
+
+
+def _runtime_addend(view: NodeView) -> bool:
+    """True when one operand carries relevance and the other is computed at run time without any (a mask)."""
+    return len(view.inputs) == 2 and [view.is_relevant(n) for n in view.inputs].count(True) == 1 and \
+        not any(view.const(n) is not None for n in view.inputs)
 
 
 def _check_add(view: NodeView) -> Optional[str]:
-    """Add/Sub: a constant operand, or activations whose ranks are known (they may broadcast)."""
+    """Add/Sub: a constant operand, or operands whose ranks are known (they may broadcast)."""
     if _constant_operand(view):
         return _check_broadcast(view)
-    if any(not view.is_relevant(n) for n in view.inputs):
-        return "one operand is computed at run time but carries no relevance (fold it to a constant first)"
     return _check_ranks(view)
 
 
@@ -69,26 +74,61 @@ def _sum_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list, signs: list)
         s_x = s if x_shape == out_shape else unbroadcast(b, s, name, x_shape, len(out_shape))
         r = b.op("Mul", [name, s_x], "r_in")
         rel.append(r if sign == 1 else b.op("Neg", [r], "r_in_neg"))
-    stab = b.per_sample_sum(share, "stab_sum")
+    stab = b.per_sample_sum(share, "stab_sum", len(out_shape))
     return Emitted(rel, None, stab)
 
 
 def _norm_rules() -> tuple:
     """Rules a sum accepts: Norm and Epsilon (the same form)."""
-    from ..rules import Epsilon, Norm
     return (Norm, Epsilon)
 
 
+def absorbed_row(b: GraphBuilder, value: str, rank: int, hint: str = "absorbed") -> str:
+    """(N, ...) relevance a node keeps -> its (N, units) report row: summed over every axis but the batch axis and
+    the last one (rank 1: one unit)."""
+    if rank == 1:
+        return b.unsqueeze(b.per_sample_sum(value, hint, 1), [1], hint)
+    axes = b.batch_axes_but(rank, (rank - 1,))
+    if b.layout.axis == rank - 1:  # the batch is the last axis: one unit
+        axes = b.batch_axes_but(rank)
+    reduced = b.reduce("ReduceSum", value, axes, keepdims=True, hint=hint) if axes else value
+    return b.to_rows(reduced, rank, hint)
+
+
+def _absorbing_sum(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """y = x +- c with c computed at run time without relevance: R_x = x * J^T (R / stab(y)) as for a bias, and
+    c's share R - R_x - stabilizer share (computed so, it stays finite where c is -inf) reported as absorbed."""
+    eps = rule.groups()[0].eps
+    y = view.outputs[0]
+    s, share = b.normalize(R[0], y, eps)
+    x = next(n for n in view.inputs if view.is_relevant(n))
+    sign = -1 if view.op_type == "Sub" and x == view.inputs[1] else 1
+    out_shape = view.shape(y)
+    r_full = b.op("Mul", [x, s], "r_in")
+    if sign == -1:
+        r_full = b.op("Neg", [r_full], "r_in_neg")
+    kept = b.op("Sub", [b.op("Sub", [R[0], r_full], "R_rest"), share], "R_absorbed")
+    x_shape = view.shape(x)
+    r_x = r_full if tuple(x_shape) == tuple(out_shape) else unbroadcast(b, r_full, x, x_shape, len(out_shape))
+    rel = [r_x if n == x else None for n in view.inputs]
+    return Emitted(rel, absorbed_row(b, kept, len(out_shape)), b.per_sample_sum(share, "stab_sum", len(out_shape)))
+
+
 def _add_rules(view: NodeView) -> tuple:
-    """Any linear rule with a constant operand; Norm/Epsilon for a sum of activations."""
-    return LINEAR_RULES if _constant_operand(view) else _norm_rules()
+    """Any linear rule with a constant operand; Epsilon/Norm for a run-time addend and a sum of activations."""
+    if _constant_operand(view):
+        return LINEAR_RULES
+    return (Epsilon, Norm) if _runtime_addend(view) else _norm_rules()
 
 
 @register(("Add", "Sub"), group=_group, rules=_add_rules, check=_check_add)
 def emit_add(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Add/Sub of a constant: affine linear node; of two activations: the Norm rule."""
+    """Add/Sub of a constant: affine linear node; of a run-time value without relevance: absorbed like a bias;
+    of two activations: the Norm rule."""
     if _constant_operand(view):
         return emit_affine(b, view, rule, R)
+    if _runtime_addend(view):
+        return _absorbing_sum(b, view, rule, R)
     signs = [1, -1] if view.op_type == "Sub" else [1, 1]
     return _sum_norm(b, view, rule, R, signs)
 
@@ -106,98 +146,8 @@ def emit_sum(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     return _sum_norm(b, view, rule, R, [1] * len(view.inputs))
 
 
-def _check_scale(view: NodeView) -> Optional[str]:
-    """Mul/Div: by a constant, or (Mul) a signal times a gate (a product of two other activations is not linear)."""
+def check_constant_scale(view: NodeView) -> Optional[str]:
+    """Mul/Div by a constant: the constant must broadcast to the activation's shape without enlarging it."""
     if view.op_type == "Div" and not view.is_relevant(view.inputs[0]):
         return "dividing a constant by an activation is not linear"
-    if view.op_type == "Mul" and not _constant_operand(view):
-        return _check_gate(view)
-    if not _constant_operand(view):
-        return "both operands carry data (a product of two activations is not linear)"
     return _check_broadcast(view)
-
-
-# ---- gates ----------------------------------------------------------------------------------------------------
-GATES = ("Sigmoid", "HardSigmoid")
-GELU_GATES = ("Erf", "Tanh")  # 1 + erf(x / sqrt 2), 1 + tanh(...): a gate once a constant was added
-SHAPE_ONLY = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Cast", "Transpose", "Tile")
-
-
-def gate_of(view: NodeView, name: str, shifted: bool = False, depth: int = 0) -> Optional[str]:
-    """The op that makes `name` a gate (Sigmoid, HardSigmoid, or the Erf / Tanh of 1 + erf(.)), followed back
-    through shape-only ops and arithmetic with constants; None if `name` is not a gate."""
-    node = view.index.producer.get(name)
-    if node is None or depth > 16:
-        return None
-    if node.op_type in GATES or (node.op_type in GELU_GATES and shifted):
-        return node.op_type
-    if node.op_type in SHAPE_ONLY:
-        return gate_of(view, node.input[0], shifted, depth + 1)
-    if node.op_type in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:
-        consts = [view.const(i) is not None for i in node.input]
-        if consts.count(True) == 1:
-            data = node.input[consts.index(False)]
-            return gate_of(view, data, shifted or node.op_type in ("Add", "Sub"), depth + 1)
-    return None
-
-
-def gate_split(view: NodeView) -> Optional[tuple]:
-    """(signal position, gate op) of a Mul of a signal and a gate, None if it is not one."""
-    if view.op_type != "Mul" or len(view.inputs) != 2 or _constant_operand(view):
-        return None
-    gates = [gate_of(view, n) for n in view.inputs]
-    if (gates[0] is None) == (gates[1] is None):
-        return None
-    signal = 0 if gates[0] is None else 1
-    return signal, gates[1 - signal]
-
-
-def _check_gate(view: NodeView) -> Optional[str]:
-    """A Mul of two activations is explained only when one of them is a gate."""
-    if gate_split(view) is not None:
-        return None
-    if all(gate_of(view, n) for n in view.inputs):
-        return "both operands are gates (Sigmoid / HardSigmoid); no operand is the signal"
-    return "both operands carry data (a product of two activations is not linear; only signal * gate is)"
-
-
-def _mul_group(view: NodeView) -> str:
-    """'activation' for signal * gate (swish, hard-swish, GELU, squeeze-excitation), else 'affine'."""
-    return "activation" if gate_split(view) is not None else "affine"
-
-
-def _mul_rules(view: NodeView) -> tuple:
-    """Pass for signal * gate, any linear rule for a product with a constant."""
-    return (Pass,) if gate_split(view) is not None else LINEAR_RULES
-
-
-def _gate_branch(view: NodeView) -> set:
-    """The gate operand of signal * gate: its branch receives no relevance (and needs no rule)."""
-    split = gate_split(view)
-    return {view.inputs[1 - split[0]]} if split is not None else set()
-
-
-@register("Mul", group=_mul_group, rules=_mul_rules, check=_check_scale, silent=_gate_branch)
-def emit_mul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Mul by a constant: an elementwise linear node. Signal * gate (x * sigmoid(.), x * hardsigmoid(.), GELU's
-    x * (1 + erf(x / sqrt 2)) / 2, a squeeze-excitation scale): the gate is taken as a constant weight on the
-    signal, so all relevance goes to the signal, R_signal = R_y (as Pass), and none into the gate's branch. This
-    keeps the conv/dense rules in charge of the features and treats gating like an activation (Zennit's choice
-    for activations); the gate branch's nodes receive no relevance."""
-    split = gate_split(view)
-    if split is None:
-        return emit_affine(b, view, rule, R)
-    signal, _ = split
-    rel = [None, None]
-    name = view.inputs[signal]
-    if view.is_relevant(name):
-        x_shape, out_shape = view.shape(name), view.shape(view.outputs[0])
-        broadcast = x_shape is not None and out_shape is not None and tuple(x_shape) != tuple(out_shape)
-        rel[signal] = unbroadcast(b, R[0], name, x_shape, len(out_shape)) if broadcast else R[0]
-    return Emitted(rel)
-
-
-@register("Div", group="affine", rules=LINEAR_RULES, check=_check_scale)
-def emit_div(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Division by a constant as an elementwise linear node."""
-    return emit_affine(b, view, rule, R)

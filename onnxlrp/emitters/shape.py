@@ -11,6 +11,7 @@ from ..builder import GraphBuilder
 from ..errors import CompileError
 from ..rules import Pass, Rule
 from . import Emitted, NodeView, register
+from .embedding import check_embedding, emit_embedding, is_embedding
 from .interpolation import resize_matrix
 
 
@@ -118,7 +119,8 @@ def _check_concat(view: NodeView) -> Optional[str]:
 
 @register("Concat", group="shape", rules=(Pass,), check=_check_concat)
 def emit_concat(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """R_x_i = the slice of R_y that input i filled: one Split when sizes are static, Slices from Shape otherwise."""
+    """R_x_i = the slice of R_y that input i filled: one Split when sizes are static, Slices from Shape otherwise;
+    the slices of inputs without relevance (a ViT's cls token) are reported as the node's absorbed relevance."""
     rank = len(view.shape(view.outputs[0]) or view.shape(next(i for i in view.inputs if view.shape(i))))
     axis = view.attr("axis") % rank
     sizes = [(view.shape(i) or (None,) * rank)[axis] for i in view.inputs]
@@ -135,7 +137,12 @@ def emit_concat(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
             end = b.op("Add", [start, size], "end")
             parts.append(b.op("Slice", [R[0], start, end, b.ints([axis])], "R_part"))
             start = end
-    return Emitted([p if view.is_relevant(n) else None for p, n in zip(parts, view.inputs)])
+    kept = [p for p, n in zip(parts, view.inputs) if not view.is_relevant(n)]  # a cls token, a constant pad
+    bias = None
+    if kept:
+        from .arithmetic import absorbed_row
+        bias = absorbed_row(b, b.op("Concat", kept, "R_const", axis=axis) if len(kept) > 1 else kept[0], rank)
+    return Emitted([p if view.is_relevant(n) else None for p, n in zip(parts, view.inputs)], bias)
 
 
 @register("Split", group="shape", rules=(Pass,))
@@ -181,23 +188,38 @@ def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
 
 
 def _check_gather(view: NodeView) -> Optional[str]:
-    """Gather moves relevance back when its indices are constant (and it does not gather along the batch axis)."""
+    """Gather moves relevance back when its indices are constant (and it does not gather along the batch axis);
+    a Gather of embedding rows by token ids is an embedding lookup (embedding.py)."""
+    if is_embedding(view):
+        return check_embedding(view)
     if view.const(view.inputs[1]) is None:
         return f"its indices {view.inputs[1]!r} are not a constant"
     shape = view.shape(view.inputs[0])
     if shape is None:
         return f"the rank of its input {view.inputs[0]!r} is not known at compile time"
     axis = view.attr("axis", 0) % len(shape)
-    if axis == 0:
+    if axis == 0 and not _static_non_batch(view, shape[0]):
         return "it gathers along the batch axis 0 (relevance would mix samples)"
     if shape[axis] is None:
         return f"axis {axis} of its input {view.inputs[0]!r} is not known at compile time"
     return None
 
 
+def _static_non_batch(view: NodeView, size: Optional[int]) -> bool:
+    """True when an axis 0 of static `size` cannot be the batch axis: the graph inputs' batch axis is symbolic, or
+    of another static size (nn.MultiheadAttention's packed q/k/v: axis 0 of size 3)."""
+    if size is None:
+        return False
+    batches = {view.shape(i)[0] for i in view.index.graph_inputs if view.shape(i)}
+    return bool(batches) and size not in batches
+
+
 @register("Gather", group="shape", rules=(Pass,), check=_check_gather)
 def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """R_x[.., i, ..] = sum of R_y over the positions whose index is i (repeated indices add up)."""
+    """R_x[.., i, ..] = sum of R_y over the positions whose index is i (repeated indices add up); an embedding
+    lookup sends the rows' relevance, summed over each row, to its token ids."""
+    if is_embedding(view):
+        return emit_embedding(b, view, rule, R)
     x = view.inputs[0]
     shape = view.shape(x)
     rank = len(shape)
