@@ -82,7 +82,50 @@ def _prod(dims) -> Optional[int]:
     return None if any(d is None for d in dims) else int(np.prod(dims)) if dims else 1
 
 
-def _reshape(index: GraphIndex, node: onnx.NodeProto, layout: Layout, batch: Optional[int]) -> Optional[Layout]:
+def _copies_batch(index: GraphIndex, node: onnx.NodeProto, k: int, layouts: dict, depth: int = 0) -> bool:
+    """True when entry k of a Reshape's target shape is 0 (copy) or the batch size read off a value whose axis
+    holds the batch alone (Gather(Shape(v), axis), as the legacy exporter writes x.view(x.size(0), ...))."""
+    target = node.input[1] if node.op_type == "Reshape" and len(node.input) > 1 else ""
+    const = index.constants.get(target)
+    if const is not None:
+        flat = const.reshape(-1)
+        return k < flat.size and int(flat[k]) == 0
+    producer = index.producer.get(target)
+    if producer is None or producer.op_type != "Concat":
+        return False
+    offset = 0
+    for part in producer.input:  # find the Concat input that holds entry k
+        shape = _shape(index, part)
+        size = shape[0] if shape and len(shape) == 1 else None
+        if size is None:
+            return False
+        if offset + size > k:
+            return size == 1 and _is_batch_size(index, part, layouts, 0)
+        offset += size
+    return False
+
+
+def _is_batch_size(index: GraphIndex, name: str, layouts: dict, depth: int) -> bool:
+    """True when a one-element int value is Shape(v)[k] for a value v whose axis k holds the batch alone."""
+    node = index.producer.get(name)
+    if node is None or depth > 6:
+        return False
+    if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
+        return _is_batch_size(index, node.input[0], layouts, depth + 1)
+    if node.op_type in ("Gather", "Slice"):
+        source = index.producer.get(node.input[0])
+        if source is None or source.op_type != "Shape" or _attr(source, "start", 0):
+            return False
+        where = index.constants.get(node.input[1])
+        if where is None or where.size != 1:
+            return False
+        layout = layouts.get(source.input[0])
+        return layout is not None and not layout.merged and int(where.reshape(-1)[0]) == layout.axis
+    return False
+
+
+def _reshape(index: GraphIndex, node: onnx.NodeProto, layout: Layout, batch: Optional[int],
+             layouts: Optional[dict] = None) -> Optional[Layout]:
     """The batch's place after a Reshape / Flatten. A reshape keeps the flat order: the batch index stays a digit
     of the flat index with P entries of more significant digits before it and stride S. With static sizes the
     output axis holding that digit is found from P, its outer / inner parts from P and S; where sizes are unknown,
@@ -122,13 +165,28 @@ def _reshape(index: GraphIndex, node: onnx.NodeProto, layout: Layout, batch: Opt
         return Layout(k, 1, None)
     if px is not None and py is None and layout.merged:  # a merged axis split again: (N * T, H) -> (N, T, H)
         return Layout(k)
+    if not layout.merged and _copies_batch(index, node, k, layouts or {}):
+        return layout.moved(k)
+    if len(y) < len(x) and _target_entry(index, node, k) == -1:  # x.view(-1, H): what followed the batch joins it
+        return Layout(k, layout.outer, None)
     return layout.moved(k) if len(x) == len(y) else None
 
 
-def _next(index: GraphIndex, node: onnx.NodeProto, name: str, layout: Layout, batch: Optional[int]) -> Optional[Layout]:
-    """The layout of node's first output given the layout of its input `name`."""
+def _target_entry(index: GraphIndex, node: onnx.NodeProto, k: int) -> Optional[int]:
+    """Entry k of a Reshape's target shape when it is known at compile time."""
+    if node.op_type != "Reshape":
+        return None
+    from .emitters import NodeView
+    from .emitters.shape import known_ints
+    known = known_ints(NodeView(node, index, frozenset()), node.input[1])
+    return known[k] if known is not None and k < len(known) else None
+
+
+def _next(index: GraphIndex, node: onnx.NodeProto, name: str, layout: Layout, batch: Optional[int],
+          layouts: Optional[dict] = None, out: Optional[str] = None) -> Optional[Layout]:
+    """The layout of node's output `out` (default its first) given the layout of its input `name`."""
     op = node.op_type
-    x, y = _shape(index, name), _shape(index, node.output[0])
+    x, y = _shape(index, name), _shape(index, out or node.output[0])
     k = layout.axis
     if op == "Transpose":
         perm = _attr(node, "perm")
@@ -136,7 +194,7 @@ def _next(index: GraphIndex, node: onnx.NodeProto, name: str, layout: Layout, ba
             return layout.moved(len(x) - 1 - k) if x is not None else None
         return layout.moved(list(perm).index(k))
     if op in ("Reshape", "Flatten"):
-        return _reshape(index, node, layout, batch)
+        return _reshape(index, node, layout, batch, layouts)
     if op == "Unsqueeze":
         axes, rank = _ints(index, node, 1, "axes"), len(y) if y is not None else None
         if axes is None or rank is None:
@@ -192,18 +250,19 @@ def _next(index: GraphIndex, node: onnx.NodeProto, name: str, layout: Layout, ba
 
 
 def batch_layouts(index: GraphIndex, path: set, inputs: list) -> dict:
-    """value -> Layout for every value on the path whose batch axis can be followed from the graph inputs."""
+    """value -> Layout for every value whose batch axis can be followed from the graph inputs (the path's values
+    first among a node's outputs; values off the path too, since exporters read the batch size off them)."""
     layouts = {name: DEFAULT for name in inputs}
     batch = next((s[0] for s in (_shape(index, i) for i in inputs) if s and s[0] is not None), None)
     for node in index.order:
-        if not node.output or node.output[0] not in path:
+        out = next((o for o in node.output if o in path), next((o for o in node.output if o), None))
+        source = next((i for i in node.input if i in path and i in layouts),
+                      next((i for i in node.input if i in layouts), None))
+        if out is None or source is None:
             continue
-        source = next((i for i in node.input if i in layouts), None)
-        if source is None:
-            continue
-        layout = _next(index, node, source, layouts[source], batch)
+        layout = _next(index, node, source, layouts[source], batch, layouts, out)
         if layout is not None:
-            for out in node.output:
-                if out in path:
-                    layouts[out] = layout
+            for name in node.output:  # every output: Split's siblings off the path give the batch size too
+                if name:
+                    layouts[name] = layout
     return layouts

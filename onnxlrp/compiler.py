@@ -31,14 +31,10 @@ NONNEGATIVE_IF_INPUTS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalM
                          "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Concat", "Add", "Sum", "Pad",
                          "Slice", "Gather", "Expand", "Resize", "Split"}
 HINTS = {
-    "Softmax": "only a Softmax on the explained output is bypassed; export the logits",
     "LogSoftmax": "only a LogSoftmax on the explained output is bypassed; export the logits",
     "If": "control flow is not supported: export with static control flow (torch.jit.trace / dynamo with fixed branches)",
     "Loop": "control flow is not supported: unroll the loop at export time",
     "Scan": "control flow is not supported: unroll the scan at export time",
-    "LayerNormalization": "normalisation over features is not linear; no LRP rule yet",
-    "InstanceNormalization": "normalisation over features is not linear; no LRP rule yet",
-    "GroupNormalization": "normalisation over features is not linear; no LRP rule yet",
     "Einsum": "rewrite the contraction as MatMul or Gemm with a constant operand",
     "Upsample": "Upsample is deprecated: re-export with opset >= 10 (Resize)",
     **{op: "quantized graphs are not supported: explain the float model before quantization"
@@ -205,18 +201,20 @@ def _prune_silent_branches(plan: "Plan", rules: dict) -> tuple:
     return {v for v in plan.path if v in receives}, kept
 
 
-OPTIMIZED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
-                 "EmbedLayerNormalization", "BiasGelu", "FastGelu", "GroupQueryAttention", "SimplifiedLayerNormalization",
-                 "RotaryEmbedding", "BiasSplitGelu", "BiasAdd", "QuickGelu", "PackedAttention", "MatMulNBits",
-                 "LayerNormalization", "Gelu", "FusedMatMul", "SkipGroupNorm", "GemmFastGelu")
+# what onnxruntime's transformer optimizer (onnxruntime.transformers.optimizer) fuses a transformer into
+TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+                       "EmbedLayerNormalization", "BiasGelu", "FastGelu", "GroupQueryAttention", "RotaryEmbedding",
+                       "SimplifiedLayerNormalization", "BiasSplitGelu", "BiasAdd", "QuickGelu", "PackedAttention",
+                       "PackedMultiHeadAttention", "SkipGroupNorm", "GemmFastGelu", "DecoderMaskedMultiHeadAttention")
 
 
 def refuse_optimized(index: GraphIndex) -> None:
-    """An onnxruntime-optimised transformer (com.microsoft Attention, SkipLayerNormalization, FastGelu, ...) is
-    refused in one error that names those nodes."""
-    fused = [n for n in index.order if n.domain == "com.microsoft" and n.op_type in OPTIMIZED_OPS]
-    if fused:
-        problems = [NodeProblem(n.op_type, n.name, "an onnxruntime-fused op (com.microsoft)") for n in fused]
+    """A transformer optimised by onnxruntime (com.microsoft Attention, SkipLayerNormalization, FastGelu, ...) is
+    refused in one error that names every com.microsoft node, before anything else is looked at (an
+    EmbedLayerNormalization hides even the token ids)."""
+    contrib = [n for n in index.order if n.domain == "com.microsoft"]
+    if any(n.op_type in TRANSFORMER_FUSIONS for n in contrib):
+        problems = [NodeProblem(n.op_type, n.name, "an onnxruntime-fused op (com.microsoft)") for n in contrib]
         raise UnsupportedModelError(problems, lead="this model was optimised by onnxruntime's transformer "
                                     "optimizer; explain the model as exported, before onnxruntime's transformer "
                                     "optimizations")
@@ -287,10 +285,17 @@ def _support_problem(node: onnx.NodeProto, view: NodeView, index: GraphIndex) ->
     return NodeProblem(node.op_type, node.name, reason) if reason else None
 
 
-def is_sequence(index: GraphIndex, explained: str) -> bool:
-    """True for an explained output of rank 3, (N, T, C): one position's logits are explained (lrp_position)."""
-    info = index.info(explained)
-    return info is not None and info.shape is not None and len(info.shape) == 3
+def is_sequence(plan: "Plan", sequence: Optional[bool]) -> bool:
+    """Whether the explained output is a sequence (N, T, C) whose logits at one position (lrp_position) are
+    explained: `sequence` when given, else rank 3 with token-id inputs or a sequence axis of unknown length."""
+    info = plan.index.info(plan.explained)
+    rank3 = info is not None and info.shape is not None and len(info.shape) == 3
+    if sequence is not None:
+        if sequence and not rank3:
+            raise OnnxLrpError(f"sequence=True needs an explained output of rank 3 (N, T, C); {plan.output!r} has "
+                               f"shape {info.shape if info is not None else 'unknown'}")
+        return bool(sequence)
+    return rank3 and (bool(plan.tokens.inputs) or info.shape[1] is None)
 
 
 def _at_position(b: GraphBuilder, explained: str) -> tuple:
@@ -363,9 +368,11 @@ def _blame_inconsistent_models(fn):
 @_blame_inconsistent_models
 def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Composite] = "epsilon_plus", *,
             params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
-            node_relevance: Union[None, str, Sequence[str]] = None) -> onnx.ModelProto:
-    """Compile a model into one graph computing its outputs plus the LRP relevance of every float input,
-    the bias relevance of every biased node, the stabilizer share and the total (seed) per sample."""
+            node_relevance: Union[None, str, Sequence[str]] = None, sequence: Optional[bool] = None
+            ) -> onnx.ModelProto:
+    """Compile a model into one graph computing its outputs plus the LRP relevance of every float input (and of
+    token ids), the bias relevance of every biased node, the stabilizer share and the total (seed) per sample.
+    sequence: explain one position of an (N, T, C) output (lrp_position); None decides (see is_sequence)."""
     if init not in ("logit", "one"):
         raise OnnxLrpError(f"init must be 'logit' or 'one', got {init!r}")
     source = load_model(model)
@@ -382,7 +389,7 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
     b = GraphBuilder(canon, opset_version(canon), dtype)
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     b.foreign = {name for name, info in index.infos.items() if info.is_float and info.elem_type != elem}
-    sequence = is_sequence(index, plan.explained)
+    sequence = is_sequence(plan, sequence)
     seed, total, plan.seed_scale, logits = _seed(b, plan.explained, init, sequence)
     plan.logits = logits
     contributions: dict = {plan.explained: [seed]}
@@ -391,7 +398,8 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
     plan.layouts = batch_layouts(index, plan.path, [i for i in index.graph_inputs if i in plan.path])
     b.batch_input = next((i for i in index.graph_inputs if i in plan.path), None)
     for node in reversed(plan.nodes):
-        b.layout = plan.layouts.get(node.output[0], DEFAULT_LAYOUT)
+        out = next((o for o in node.output if o in plan.layouts), node.output[0])
+        b.layout = plan.layouts.get(out, DEFAULT_LAYOUT)
         outs = [b.add_all(contributions[o], "R_sum") if contributions.get(o) else None for o in node.output]
         if all(r is None for r in outs):
             continue

@@ -107,13 +107,13 @@ class Explainer:
     def __init__(self, model: Union[ModelLike, onnx.ModelProto], composite: str = "epsilon_plus", *,
                  params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
-                 session_options=None) -> None:
+                 session_options=None, sequence: Optional[bool] = None) -> None:
         import onnxruntime as ort
         proto = source = load_model(model)
         meta = compiled_metadata(proto)
         if meta is None:
             proto = compile_model(proto, composite, params=params, output=output, init=init,
-                                  node_relevance=node_relevance)
+                                  node_relevance=node_relevance, sequence=sequence)
             meta = compiled_metadata(proto)
         self.model = proto
         self.meta = meta

@@ -9,7 +9,8 @@ import pytest
 
 
 def _install_torchvision_stub() -> None:
-    """zennit's __init__ imports torchvision.models.resnet; register a minimal stand-in (no CPU build here)."""
+    """zennit's __init__ imports torchvision.models.resnet, lxt.efficient torchvision.models.vision_transformer;
+    register a minimal stand-in (no CPU build here)."""
     if "torchvision" in sys.modules:
         return
     try:
@@ -29,11 +30,16 @@ def _install_torchvision_stub() -> None:
         """Stand-in for torchvision's Bottleneck."""
 
     resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
-    for module in (tv, models, resnet):  # importlib.util.find_spec (used by torch's dynamo exporter) needs a spec
+    # lxt.efficient's model maps import torchvision.models.vision_transformer and key on its nn.* classes
+    vision_transformer = types.ModuleType("torchvision.models.vision_transformer")
+    vision_transformer.nn = torch.nn
+    for module in (tv, models, resnet, vision_transformer):  # importlib.util.find_spec (dynamo) needs a spec
         module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
     models.resnet = resnet
+    models.vision_transformer = vision_transformer
     tv.models = models
-    sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+    sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet,
+                        "torchvision.models.vision_transformer": vision_transformer})
 
 
 @pytest.fixture(scope="session")

@@ -162,25 +162,6 @@ def _weight(model, name):
     return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
 
 
-def test_product_of_two_activations_is_refused():
-    """x * relu(x) is no gate: reported with the node's name and the reason."""
-    from onnxlrp.errors import UnsupportedModelError
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"], name="prod")]
-    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", [None, None])])
-    with pytest.raises(UnsupportedModelError, match=r"Mul x1 \(prod\): both operands carry data"):
-        explain_dense(model, {"x": np.ones((1, 3))}, np.ones((1, 3), np.float32))
-
-
-def test_product_of_two_gates_is_refused():
-    """sigmoid(x) * sigmoid(x): no operand is the signal."""
-    from onnxlrp.errors import UnsupportedModelError
-    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("HardSigmoid", ["x"], ["h"]),
-             helper.make_node("Mul", ["s", "h"], ["y"], name="gates")]
-    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", [None, None])])
-    with pytest.raises(UnsupportedModelError, match=r"Mul x1 \(gates\): both operands are gates"):
-        explain_dense(model, {"x": np.ones((1, 3))}, np.ones((1, 3), np.float32))
-
-
 def test_gate_broadcasting_the_signal():
     """A (N, C, 1, 1) signal times a (N, C, H, W) gate: the signal receives R summed over the copies."""
     nodes = [helper.make_node("Sigmoid", ["g"], ["gate"]), helper.make_node("Mul", ["s", "gate"], ["y"])]

@@ -164,16 +164,29 @@ def _check_const_inputs(view: NodeView, first: int = 1) -> Optional[str]:
     return None
 
 
-@register("Slice", group="shape", rules=(Pass,), check=_check_const_inputs)
+def _known(view: NodeView, name: str) -> Optional[list]:
+    """An int input's values when they are known at compile time: a constant, or shape arithmetic on static
+    sizes (the legacy exporter's rotary half: Shape(q)[-1] // 2)."""
+    values = known_ints(view, name)
+    return values if values is not None and all(v is not None for v in values) else None
+
+
+def _check_slice(view: NodeView) -> Optional[str]:
+    """Slice: starts, ends, axes, steps known at compile time."""
+    for name in view.inputs[1:]:
+        if name and _known(view, name) is None:
+            return f"its input {name!r} is not known at compile time"
+    return None
+
+
+@register("Slice", group="shape", rules=(Pass,), check=_check_slice)
 def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """R_x: R_y put back where Slice took it from (a Pad for unit steps, a Gather with a zero slot otherwise)."""
     x = view.inputs[0]
     rank = len(_static_dims(view, x, (), "Slice needs the rank"))
-    starts, ends = (view.const(n).reshape(-1).tolist() for n in view.inputs[1:3])
-    axes = view.const(view.inputs[3]).reshape(-1).tolist() if len(view.inputs) > 3 and view.inputs[3] else \
-        list(range(len(starts)))
-    steps = view.const(view.inputs[4]).reshape(-1).tolist() if len(view.inputs) > 4 and view.inputs[4] else \
-        [1] * len(starts)
+    starts, ends = (_known(view, n) for n in view.inputs[1:3])
+    axes = _known(view, view.inputs[3]) if len(view.inputs) > 3 and view.inputs[3] else list(range(len(starts)))
+    steps = _known(view, view.inputs[4]) if len(view.inputs) > 4 and view.inputs[4] else [1] * len(starts)
     back = R[0]
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis = int(axis) % rank
@@ -200,8 +213,8 @@ def _check_gather(view: NodeView) -> Optional[str]:
     axis = view.attr("axis", 0) % len(shape)
     if axis == 0 and not _static_non_batch(view, shape[0]):
         return "it gathers along the batch axis 0 (relevance would mix samples)"
-    if shape[axis] is None:
-        return f"axis {axis} of its input {view.inputs[0]!r} is not known at compile time"
+    if any(d is None for d in shape[axis + 1:]):
+        return f"the axes after axis {axis} of its input {view.inputs[0]!r} are not known at compile time"
     return None
 
 
@@ -225,10 +238,28 @@ def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     rank = len(shape)
     axis = view.attr("axis", 0) % rank
     indices = view.const(view.inputs[1]).astype(np.int64)
-    flat = np.where(indices < 0, indices + shape[axis], indices).reshape(-1)
     rest = _static_dims(view, x, range(axis + 1, rank), "Gather moves relevance back along it")[axis + 1:]
-    R_flat = b.op("Reshape", [R[0], b.ints([0] * axis + [flat.size] + [int(d) for d in rest])], "R_flat")
+    R_flat = b.op("Reshape", [R[0], b.ints([0] * axis + [indices.size] + [int(d) for d in rest])], "R_flat")
+    if shape[axis] is None:  # an axis of run-time length (the sequence): a one-hot matrix built at run time
+        return Emitted([_gather_back_dynamic(b, x, R_flat, axis, rank, indices.reshape(-1)), None])
+    flat = np.where(indices < 0, indices + shape[axis], indices).reshape(-1)
     return Emitted([move_back(b, R_flat, axis, rank, flat, shape[axis]), None])
+
+
+def _gather_back_dynamic(b: GraphBuilder, x: str, R: str, axis: int, rank: int, indices: np.ndarray) -> str:
+    """R_x = R @ OneHot(indices, length) along `axis` when its length is known only at run time (repeated indices
+    add up; negative ones count from the end)."""
+    length = b.op("Slice", [b.op("Shape", [x], "x_shape"), b.ints([axis]), b.ints([axis + 1])], "axis_len")
+    index = b.const(indices, dtype=np.int64, hint="indices")
+    if np.any(indices < 0):
+        index = b.op("Add", [index, b.op("Mul", [b.op("Cast", [b.op("Less", [index, b.const(0, dtype=np.int64)],
+                                                                     "negative")], "neg_i", to=7), length],
+                                         "shift")], "indices_wrapped")
+    one_hot = b.op("OneHot", [index, length, b.const([0.0, 1.0], hint="off_on")], "one_hot", axis=-1)
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    moved = R if axis == rank - 1 else b.op("Transpose", [R], "R_T", perm=perm)
+    back = b.op("MatMul", [moved, one_hot], "R_axis")
+    return back if axis == rank - 1 else b.op("Transpose", [back], "R_back", perm=[int(i) for i in np.argsort(perm)])
 
 
 def _pad_amounts(view: NodeView, rank: int) -> list:
@@ -321,6 +352,14 @@ def known_ints(view: NodeView, name: str, depth: int = 0) -> Optional[list]:
         return dims[slice(sub.attr("start", 0), sub.attr("end", None))]
     if node.op_type in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape"):
         return known_ints(view, node.input[0], depth + 1)
+    if node.op_type in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:  # shape arithmetic (x.size(-1) // 2)
+        a, c = (known_ints(view, i, depth + 1) for i in node.input)
+        if a is None or c is None or (len(a) != len(c) and 1 not in (len(a), len(c))):
+            return None
+        a, c = (a * len(c) if len(a) == 1 else a), (c * len(a) if len(c) == 1 else c)
+        ops = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v,
+               "Div": lambda u, v: int(u / v) if v else None}
+        return [None if u is None or v is None else ops[node.op_type](u, v) for u, v in zip(a, c)]
     if node.op_type == "Concat":
         parts = [known_ints(view, i, depth + 1) for i in node.input]
         return None if any(p is None for p in parts) else [v for p in parts for v in p]
