@@ -1,12 +1,12 @@
-"""CLI command: onnxlrp bench MODEL (forward pass vs explanation on this machine), attached to the `onnxlrp` group."""
+"""CLI command: onnxlrp bench MODEL (forward pass vs explanation on this machine)."""
 from __future__ import annotations
 
 import click
 
-from .cli import composite_option, main, parse_sets, set_option
+from .cli_options import command, composite_option, parse_sets, set_option
 
 
-@main.command("bench")
+@command("bench")
 @click.argument("model", type=click.Path(dir_okay=False))
 @composite_option
 @set_option
@@ -42,3 +42,6 @@ def _ms(seconds: float) -> str:
     """Milliseconds with a sensible number of digits."""
     ms = seconds * 1e3
     return f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+COMMANDS = (bench_cmd,)

@@ -1,4 +1,4 @@
-"""CLI commands for reports: bias-table and profile (attached to the `onnxlrp` group defined in cli.py)."""
+"""CLI commands for reports: bias-table and profile."""
 from __future__ import annotations
 
 import sys
@@ -8,10 +8,8 @@ from typing import Optional
 import click
 import numpy as np
 
-from .cli import composite_option, image_options, main, output_option, parse_sets, read_inputs, set_option
-
-format_option = click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default=None,
-                             help="Output format [default: table on a terminal, csv when piped].")
+from .cli_options import (command, composite_option, format_option, image_options, input_option, model_argument,
+                          output_option, parse_sets, read_inputs, set_option, target_argument, target_option)
 
 
 def _explain(model: str, input_file: str, targets, composite: str, sets, output_name: Optional[str],
@@ -20,8 +18,7 @@ def _explain(model: str, input_file: str, targets, composite: str, sets, output_
     from .runtime import Explainer
     explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name, node_relevance="sums")
     inputs = read_inputs(explainer, input_file, size, mean, std)
-    target = None if not targets else (targets[0] if len(targets) == 1 else list(targets))
-    return explainer, explainer.explain(inputs, target)
+    return explainer, explainer.explain(inputs, target_argument(targets))
 
 
 def _format(fmt: Optional[str]) -> str:
@@ -40,19 +37,13 @@ def _print_table(table) -> None:
 
 def report_options(fn):
     """The options bias-table and profile share with explain."""
-    for option in reversed([
-        click.argument("model", type=click.Path()),  # load_model names a folder in one line
-        click.option("--input", "-i", "input_file", required=True,
-                     help=".npy, .npz or image (.png, .jpg) with the batch."),
-        click.option("--target", "-t", "targets", multiple=True, type=int,
-                     help="Class to explain (one, or one per sample)."),
-        composite_option, set_option, output_option, image_options, format_option,
-    ]):
+    for option in reversed([model_argument, input_option, target_option, composite_option, set_option,
+                            output_option, image_options, format_option]):
         fn = option(fn)
     return fn
 
 
-@main.command("bias-table")
+@command("bias-table")
 @report_options
 @click.option("--top", default=3, show_default=True, help="How many of each row's largest units to list.")
 def bias_table_cmd(model, input_file, targets, composite, sets, output_name, size, mean, std, fmt, top) -> None:
@@ -79,7 +70,7 @@ def bias_table_cmd(model, input_file, targets, composite, sets, output_name, siz
         _print_table(bias_rich_table(rows, title))
 
 
-@main.command("profile")
+@command("profile")
 @report_options
 @click.option("--png", default=None, type=click.Path(dir_okay=False), help="Also plot the profile into this PNG.")
 def profile_cmd(model, input_file, targets, composite, sets, output_name, size, mean, std, fmt, png) -> None:
@@ -103,3 +94,6 @@ def profile_cmd(model, input_file, targets, composite, sets, output_name, size, 
         from .plots import save_profile_plot
         save_profile_plot(png, rows, title=f"conservation profile: {Path(model).name} ({explainer.composite})")
         click.echo(f"wrote {png}", err=fmt != "table")
+
+
+COMMANDS = (bias_table_cmd, profile_cmd)

@@ -18,6 +18,7 @@ from .composites import Composite, load_composite
 from .emitters import NodeView, accepted_rules, lookup
 from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, UnsupportedModelError
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
+from .prune import prune_unused
 from .shapes import annotate_shapes, check_model
 
 METADATA_KEY = "onnxlrp"
@@ -493,6 +494,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
         graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), POSITION_INPUT))
     graph.output.extend(outputs)
     model.ir_version = source.ir_version
+    prune_unused(model)
     annotate_shapes(model)
     del model.metadata_props[:]
     model.metadata_props.extend(source.metadata_props)

