@@ -1,13 +1,14 @@
 """LXT 2.1's AttnLRP relevance of the tiny models in transformer_models.py, computed in a separate process.
 
-    python lxt_reference.py OUT.npz KIND[:cp] ...
+    python lxt_reference.py OUT.npz KIND ... [KIND:cp ...]
 
 LXT patches transformers' modules in place (monkey_patch), so this runs apart from the exports. For each KIND it
 builds the same perturbed model, patches it with LXT's map (BERT, GPT-2, Llama: lxt.efficient's attnLRP maps;
 HF ViT, which LXT has no map for: LXT's own pieces, as its BERT map uses them: patch_attention on modeling_vit,
 layer_norm_forward on LayerNorm, non_linear_forward on GELUActivation) and writes, with inputs_embeds / pixels as
 the leaf: `KIND/relevance` = input * grad (token models: summed over the hidden axis, (N, T)) and `KIND/logit`.
-With the suffix ':cp' LXT's CP-LRP maps are used instead.
+KIND:cp (after the AttnLRP kinds) swaps in LXT's CP-LRP pieces, as its cp_LRP maps and patch_cp_attention set
+them: the attention wrapped by cp_wrap_attention_forward, Llama's MLP by cp_gated_mlp_forward.
 """
 from __future__ import annotations
 
@@ -20,32 +21,44 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+ORIGINAL_ATTENTION: dict = {}  # module -> its eager_attention_forward before LXT wrapped it
+
+
+def _module(kind: str):
+    """transformers' modeling module of a family."""
+    import importlib
+    return importlib.import_module(f"transformers.models.{kind}.modeling_{kind}")
+
+
 def _patch(kind: str, cp: bool) -> None:
-    """Apply LXT's patch map for a model family."""
+    """Apply LXT's AttnLRP patch map of a family, or (cp, after it) LXT's CP-LRP pieces."""
     from conftest import _install_torchvision_stub
     _install_torchvision_stub()
     import torch
     from lxt.efficient import monkey_patch
-    from lxt.efficient.patches import (layer_norm_forward, non_linear_forward, patch_attention, patch_cp_attention,
-                                       patch_method)
+    from lxt.efficient.patches import (cp_gated_mlp_forward, cp_wrap_attention_forward, layer_norm_forward,
+                                       non_linear_forward, patch_attention, patch_method)
+    module = _module(kind)
+    if cp:  # what lxt's cp_LRP maps change with respect to attnLRP, on the unwrapped attention
+        module.eager_attention_forward = cp_wrap_attention_forward(ORIGINAL_ATTENTION[module])
+        if kind == "llama":
+            module.LlamaMLP.forward = cp_gated_mlp_forward
+        return
+    ORIGINAL_ATTENTION[module] = getattr(module, "eager_attention_forward", None)
     if kind == "bert":
-        from transformers.models.bert import modeling_bert
-        monkey_patch(modeling_bert)
+        monkey_patch(module)
     elif kind == "gpt2":
         import lxt.efficient.models.gpt2 as lxt_gpt2
-        from transformers.models.gpt2 import modeling_gpt2
-        monkey_patch(modeling_gpt2, lxt_gpt2.cp_LRP if cp else lxt_gpt2.attnLRP)
+        monkey_patch(module, lxt_gpt2.attnLRP)
     elif kind == "llama":
         import lxt.efficient.models.llama as lxt_llama
-        from transformers.models.llama import modeling_llama
-        monkey_patch(modeling_llama, lxt_llama.cp_LRP if cp else lxt_llama.attnLRP)
+        monkey_patch(module, lxt_llama.attnLRP)
     elif kind == "vit":
         from transformers.activations import GELUActivation
-        from transformers.models.vit import modeling_vit
-        monkey_patch(modeling_vit, {
+        monkey_patch(module, {
             torch.nn.LayerNorm: partial(patch_method, layer_norm_forward),
             GELUActivation: partial(patch_method, non_linear_forward, keep_original=True),
-            modeling_vit: patch_cp_attention if cp else patch_attention,
+            module: patch_attention,
         })
 
 
@@ -77,8 +90,10 @@ def relevance(kind: str, cp: bool = False) -> dict:
 
 
 def main(argv: list) -> None:
-    """Write the relevance of every KIND[:cp] given to OUT.npz."""
-    out, kinds = argv[0], argv[1:]
+    """Write the relevance of every KIND[:cp] given to OUT.npz (the ':cp' kinds after the others)."""
+    import warnings
+    warnings.simplefilter("ignore")
+    out, kinds = argv[0], sorted(argv[1:], key=lambda spec: spec.endswith(":cp"))
     arrays = {}
     for spec in kinds:
         kind, _, variant = spec.partition(":")

@@ -165,18 +165,22 @@ def _repeat_kv(b: GraphBuilder, value: str, groups: int) -> str:
     if groups == 1:
         return value
     wide = b.op("Unsqueeze", [value, b.ints([2])], "kv_wide")
-    shape = b.op("Shape", [wide], "kv_shape")
-    target = b.op("Concat", [b.op("Slice", [shape, b.ints([0]), b.ints([2])], "s01"), b.ints([groups]),
-                             b.op("Slice", [shape, b.ints([3]), b.ints([5])], "s34")], "kv_target", axis=0)
-    expanded = b.op("Expand", [wide, target], "kv_expanded")
-    return b.op("Reshape", [expanded, b.ints([0, -1, 0, 0])], "kv_repeated")
+    shape = b.op("Shape", [value], "kv_shape")
+    head, tail = (b.op("Slice", [shape, b.ints([lo]), b.ints([hi])], "dims") for lo, hi in ((0, 2), (2, 4)))
+    expanded = b.op("Expand", [wide, b.op("Concat", [head, b.ints([groups]), tail], "kv_target", axis=0)],
+                    "kv_expanded")
+    batch = b.op("Slice", [shape, b.ints([0]), b.ints([1])], "dims")
+    return b.op("Reshape", [expanded, b.op("Concat", [batch, b.ints([-1]), tail], "kv_flat", axis=0)], "kv_repeated")
 
 
 def _sum_groups(b: GraphBuilder, value: str, groups: int) -> str:
     """The transpose of _repeat_kv: (B, kvh * groups, S, d) -> (B, kvh, S, d), summing each head's copies."""
     if groups == 1:
         return value
-    split = b.op("Reshape", [value, b.ints([0, -1, groups, 0, 0])], "kv_split")
+    shape = b.op("Shape", [value], "rep_shape")
+    batch, tail = (b.op("Slice", [shape, b.ints([lo]), b.ints([hi])], "dims") for lo, hi in ((0, 1), (2, 4)))
+    split = b.op("Reshape", [value, b.op("Concat", [batch, b.ints([-1, groups]), tail], "kv_groups", axis=0)],
+                 "kv_split")
     return b.reduce("ReduceSum", split, [2], keepdims=False, hint="kv_sum")
 
 

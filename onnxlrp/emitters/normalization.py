@@ -138,15 +138,11 @@ def emit_instance_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> 
     return Emitted([R_x, None, None], R_b, _stab(b, share, rank))
 
 
-def _group_params(view: NodeView, channels: int, groups: int, rank: int) -> tuple:
-    """Scale and bias per channel (opset 21) or per group (opset 18, expanded to channels), shaped (1, C, 1...)."""
-    out = []
-    for index in (1, 2):
-        value = view.const(view.inputs[index]).astype(np.float64).reshape(-1)
-        if value.size == groups and groups != channels:
-            value = np.repeat(value, channels // groups)
-        out.append(value.reshape((1, channels) + (1,) * (rank - 2)))
-    return tuple(out)
+def _group_params(view: NodeView, channels: int, rank: int) -> tuple:
+    """Scale and bias per channel (opset 21; opset 18's per-group form is deprecated and fails the checker),
+    shaped (1, C, 1, ...)."""
+    return tuple(view.const(view.inputs[i]).astype(np.float64).reshape((1, channels) + (1,) * (rank - 2))
+                 for i in (1, 2))
 
 
 def _check_group_norm(view: NodeView) -> Optional[str]:
@@ -166,7 +162,7 @@ def emit_group_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emi
     x, y = view.inputs[0], view.outputs[0]
     shape = view.shape(x)
     rank, channels, groups = len(shape), shape[1], int(view.attr("num_groups"))
-    w, bias = _group_params(view, channels, groups, rank)
+    w, bias = _group_params(view, channels, rank)
     s, share = b.normalize(R[0], y, _eps(rule))
     g = b.op("Mul", [s, b.const(w, hint="gamma")], "g")
     grouped = b.ints([0, groups, -1])
