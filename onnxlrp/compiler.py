@@ -437,6 +437,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     meta = {"version": __version__, "composite": comp.name, "params": comp.params, "init": init,
             "output": plan.output, "explained": plan.explained, "target_input": TARGET_INPUT,
             "position_input": POSITION_INPUT if plan.logits != plan.explained else None,
+            "tokens": sorted(plan.tokens.inputs),
             "relevance": {}, "bias": {}, "stabilizer": "lrp/stabilizer", "total": "lrp/total",
             "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
             "rules": {name: rule.describe() for name, rule in plan.rules.items()},

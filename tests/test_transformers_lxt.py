@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import onnxlrp
-from transformer_models import CASES, export
+from transformer_models import CASES
 
 HERE = Path(__file__).resolve().parent
 KINDS = ["bert", "gpt2", "llama", "vit"]
@@ -28,23 +28,6 @@ def lxt_relevance(tmp_path_factory) -> dict:
     subprocess.run([sys.executable, str(HERE / "lxt_reference.py"), str(out), *KINDS, *[f"{k}:cp" for k in CP_KINDS]],
                    check=True, capture_output=True, cwd=HERE)
     return dict(np.load(out))
-
-
-@pytest.fixture(scope="session")
-def exports(tmp_path_factory) -> dict:
-    """(kind, exporter) -> path of the export, made once per session."""
-    folder = tmp_path_factory.mktemp("transformers")
-    cache: dict = {}
-
-    def get(kind: str, exporter: str) -> Path:
-        if (kind, exporter) not in cache:
-            from conftest import _install_torchvision_stub
-            _install_torchvision_stub()
-            case = CASES[kind]
-            path = folder / f"{kind}_{exporter}.onnx"
-            cache[(kind, exporter)] = export(case.build(), kind, case.inputs, path, exporter == "dynamo")
-        return cache[(kind, exporter)]
-    return get
 
 
 def _relative_l2(got: np.ndarray, want: np.ndarray) -> float:
