@@ -11,3 +11,12 @@ from .runtime import Explainer, Explanation  # noqa: E402
 __all__ = ["compile", "compiled_metadata", "load_composite", "Explainer", "Explanation", "OnnxLrpError",
            "CompileError", "CompositeError", "InputError", "ModelLoadError", "RuleParameterError",
            "UnsupportedModelError", "__version__"]
+
+
+def __getattr__(name: str):
+    """Submodules on first use: `onnxlrp.tables.bias_table(exp)` works right after `import onnxlrp`."""
+    import importlib
+    import importlib.util
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -163,8 +163,13 @@ class BenchResult:
         return self.explanation_s / self.forward_s
 
     @property
-    def per_second(self) -> float:
-        """Explained batches per second through Explainer.explain()."""
+    def samples_per_second(self) -> float:
+        """Explained samples per second through Explainer.explain(): batch / explain() time."""
+        return self.batch / self.explain_api_s
+
+    @property
+    def batches_per_second(self) -> float:
+        """Explainer.explain() calls (of `batch` samples each) per second."""
         return 1.0 / self.explain_api_s
 
 
@@ -177,6 +182,8 @@ def run_bench(model, composite: str = "epsilon_plus", *, params: Optional[dict] 
     shared_thread_pool); in a process that keeps a pool per session the two slow each other down (MobileNetV2's
     forward: 15.7 ms instead of 4.2) and the ratio comes out flattered."""
     if isolated:
+        from .runtime import choose_providers
+        choose_providers(providers)  # an unknown or unusable provider fails here, before the child process starts
         options = dict(params=params, batch=batch, providers=list(providers) if providers else None,
                        repeats=repeats, warmup=warmup, threads=threads, budget_s=budget_s, min_s=min_s,
                        shapes={k: list(v) for k, v in (shapes or {}).items()})
@@ -185,7 +192,7 @@ def run_bench(model, composite: str = "epsilon_plus", *, params: Optional[dict] 
 
     from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
     from .graph import load_model
-    from .runtime import Explainer, choose_providers
+    from .runtime import Explainer, choose_providers, refuse_fallback
     if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}")
     source = load_model(model)
@@ -200,6 +207,7 @@ def run_bench(model, composite: str = "epsilon_plus", *, params: Optional[dict] 
         forward = ort.InferenceSession(source.SerializeToString(), session_options(threads), providers=chosen)
     except Exception as exc:
         raise OnnxLrpError(f"onnxruntime cannot run the model: {str(exc).splitlines()[0]}") from None
+    refuse_fallback(forward, chosen)
     explainer = Explainer(compiled, providers=chosen, session_options=session_options(threads))
     feeds = random_feeds(forward.get_inputs(), batch, shapes)
     n = next(iter(feeds.values())).shape[0] if feeds else batch
@@ -214,8 +222,17 @@ def run_bench(model, composite: str = "epsilon_plus", *, params: Optional[dict] 
                        explain_api_s=medians["explain"], rounds=rounds)
 
 
+# the child process: the current folder leaves sys.path first, so that a folder named onnxlrp in it (a clone of the
+# repository, say) cannot shadow the installed package (`python -m` would import that folder)
+_WORKER = ("import os, sys\n"
+           "if sys.path and sys.path[0] in ('', os.getcwd()):\n"
+           "    sys.path.pop(0)\n"
+           "from onnxlrp.bench import _worker\n"
+           "sys.exit(_worker(sys.argv[1:]))\n")
+
+
 def _run_isolated(model, composite: str, options: dict) -> BenchResult:
-    """run_bench in a child process (`python -m onnxlrp.bench SPEC`), its result or its one-line error back."""
+    """run_bench in a child process (see _WORKER), its result or its one-line error back."""
     import onnx
     with tempfile.TemporaryDirectory(prefix="onnxlrp-bench-") as folder:
         path = model
@@ -223,8 +240,7 @@ def _run_isolated(model, composite: str, options: dict) -> BenchResult:
             path = os.path.join(folder, "model.onnx")
             onnx.save_model(model, path, save_as_external_data=model.ByteSize() > 2 ** 30)
         spec = dict(options, model=os.fspath(path), composite=composite)
-        done = subprocess.run([sys.executable, "-m", "onnxlrp.bench", json.dumps(spec)], capture_output=True,
-                              text=True)
+        done = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(spec)], capture_output=True, text=True)
     lines = done.stdout.strip().splitlines()
     try:
         reply = json.loads(lines[-1])

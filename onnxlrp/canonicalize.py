@@ -208,6 +208,71 @@ def _fold_into_next(node, index, w, bias, k, c) -> Optional[tuple]:
     return None
 
 
+AFFINE_AFTER_CONV = ("Mul", "Div", "Add", "Sub")
+
+
+def _per_channel(const: Optional[np.ndarray], rank: int, channels: int) -> Optional[np.ndarray]:
+    """A constant that broadcasts over a (N, C, ...) tensor per channel (or as a scalar) as a (C,) float64 vector;
+    None for any other constant."""
+    if const is None or const.dtype.kind != "f" or const.ndim > rank:
+        return None
+    shape = (1,) * (rank - const.ndim) + const.shape
+    if shape[0] != 1 or any(d != 1 for d in shape[2:]) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(const.astype(np.float64).reshape(-1), (channels,))
+
+
+def fold_affine_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold a per-channel Mul / Div by a constant and Add / Sub of a constant after a Conv into its weight and bias
+    (tf2onnx writes a Keras 3 depthwise convolution's BatchNorm, and sometimes a bias, so):
+    (W x + b) * k + c = (k W) x + (k b + c), per output channel; repeated while the chain goes on."""
+    index = GraphIndex.build(model)
+    outputs = {o.name for o in model.graph.output}
+    removed = set()
+    for node in list(model.graph.node):
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+            continue
+        weight = index.constants.get(node.input[1]) if len(node.input) > 1 else None
+        has_bias = len(node.input) > 2 and node.input[2]
+        bias = index.constants.get(node.input[2]) if has_bias else None
+        if weight is None or (has_bias and bias is None):
+            continue
+        channels, rank = weight.shape[0], weight.ndim
+        w = weight.astype(np.float64)
+        b = np.zeros(channels) if bias is None else bias.astype(np.float64)
+        end, absorbed = node.output[0], []
+        while True:
+            nxt = _single_consumer(index, end, outputs)
+            if nxt is None or nxt.op_type not in AFFINE_AFTER_CONV or len(nxt.input) != 2:
+                break
+            position = 0 if nxt.input[0] == end else 1
+            k = _per_channel(index.constants.get(nxt.input[1 - position]), rank, channels)
+            if k is None or nxt.input[0] == nxt.input[1] or (nxt.op_type in ("Div", "Sub") and position != 0):
+                break
+            if nxt.op_type == "Div" and not np.all(k != 0):
+                break
+            if nxt.op_type in ("Mul", "Div"):
+                factor = k if nxt.op_type == "Mul" else 1.0 / k
+                w, b = w * factor.reshape((-1,) + (1,) * (rank - 1)), b * factor
+            else:
+                b = b + k if nxt.op_type == "Add" else b - k
+            absorbed.append(nxt)
+            end = nxt.output[0]
+        if not absorbed:
+            continue
+        w_name = _replace_initializer(model, node.input[1], w.astype(weight.dtype))
+        b_name = _replace_initializer(model, node.input[1] + "_bias", b.astype(weight.dtype))
+        inputs = [node.input[0], w_name, b_name]
+        del node.input[:]
+        node.input.extend(inputs)
+        node.output[0] = end
+        removed.update(n.name for n in absorbed)
+    keep = [n for n in model.graph.node if n.name not in removed]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
 def matmul_add_to_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
     """MatMul(x, W) + b on a rank-2 x with constant 2-D W and bias of shape (M,) or (1, M) -> one Gemm node,
     so that the bias belongs to its linear node (one rule, one bias row)."""
@@ -287,7 +352,7 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for rewrite in (name_nodes, constants_to_initializers, fold_batchnorm, fold_batchnorm_into_next,
-                    matmul_add_to_gemm):
+                    fold_affine_into_conv, matmul_add_to_gemm):
         out = rewrite(out)
     return out
 

@@ -21,19 +21,40 @@ from .errors import OnnxLrpError
 SHARED_MODULES = ("cli_options",)
 
 
+class _UsageLine(click.UsageError):
+    """A usage error shown as one line, like every other error: 'error: ... (see 'onnxlrp explain --help')'."""
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"error: {self.message.rstrip('.')}{hint}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> _UsageLine:
+    """The same usage error, shown in one line."""
+    return _UsageLine(exc.format_message(), exc.ctx)
+
+
 class _Group(click.Group):
     """A click group that turns exceptions into one readable line and an exit code."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
         except OnnxLrpError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USER_ERROR)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except BrokenPipeError:  # output piped into head & co.
-            sys.stderr.close()
+        except BrokenPipeError:  # output piped into head & co.: the reader has what it wanted
+            _discard_stdout()
             ctx.exit(0)
         except MemoryError:
             click.echo("error: out of memory (try a smaller batch)", err=True)
@@ -44,6 +65,16 @@ class _Group(click.Group):
             click.echo(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
                        f"(set ONNXLRP_DEBUG=1 for the traceback)", err=True)
             ctx.exit(EXIT_INTERNAL)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so that flushing what is still buffered at exit raises nothing."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind stdout (tests)
+        pass
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

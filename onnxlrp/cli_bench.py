@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from .cli_options import command, composite_option, parse_sets, set_option
+from .cli_options import command, composite_option, model_argument, parse_sets, set_option
 
 
-@command("bench")
-@click.argument("model", type=click.Path(dir_okay=False))
+@command("bench", short_help="Time the forward pass against the explanation.")
+@model_argument
 @composite_option
 @set_option
 @click.option("--batch", "-b", default=1, show_default=True, help="Batch size (the model's dynamic first axis).")
@@ -34,8 +34,8 @@ def bench_cmd(model, composite, sets, batch, providers, repeats, warmup, threads
     click.echo(f"forward:      {_ms(result.forward_s)}")
     click.echo(f"explanation:  {_ms(result.explanation_s)} = {result.ratio:.2f}x the forward pass")
     click.echo(f"explain():    {_ms(result.explain_api_s)} (with input checks and result packing)")
-    click.echo(f"throughput:   {result.per_second:.1f} explanations/s "
-               f"({result.per_second * result.batch:.1f} samples/s)")
+    click.echo(f"throughput:   {result.samples_per_second:.1f} samples explained/s "
+               f"({result.batches_per_second:.1f} batches of {result.batch}/s)")
 
 
 def _ms(seconds: float) -> str:

@@ -3,21 +3,27 @@ from __future__ import annotations
 
 import click
 
-from .cli_options import command, composite_option, model_argument, output_option, parse_sets, set_option
+from .cli_options import (check_output_file, command, composite_option, model_argument, output_option, parse_sets,
+                          set_option)
 
 
-@command("compile")
+@command("compile", short_help="Compile MODEL into a model that explains itself.")
 @model_argument
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the compiled model (.onnx).")
 @composite_option
 @set_option
 @output_option
-@click.option("--init", type=click.Choice(["logit", "one"]), default="logit", show_default=True)
-@click.option("--node-relevance", default=None, help="'sums', 'all', or comma-separated tensor names.")
+@click.option("--init", type=click.Choice(["logit", "one"]), default="logit", show_default=True,
+              help="Initial relevance: the target's output value (logit: total = f(x)_target) or one (one-hot).")
+@click.option("--node-relevance", default=None,
+              help="Extra outputs: 'sums' (relevance per tensor and sample, for profile), 'all' or comma-separated "
+                   "tensor names (whole relevance tensors).")
 def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) -> None:
     """Compile MODEL into an augmented ONNX model (forward + relevance in one graph)."""
     from .compiler import compile as compile_model
     from .io import save_model
+    check_output_file(out, "-o")
     nodes = node_relevance if node_relevance in (None, "sums", "all") else node_relevance.split(",")
     compiled = compile_model(model, composite, params=parse_sets(sets), output=output_name, init=init,
                              node_relevance=nodes)
@@ -26,7 +32,7 @@ def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) 
     click.echo(f"wrote {out}: {len(compiled.graph.node)} nodes, outputs: {', '.join(outputs)}")
 
 
-@command("inspect")
+@command("inspect", short_help="Show the plan: the rule of every node.")
 @model_argument
 @composite_option
 @set_option

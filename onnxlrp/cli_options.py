@@ -6,6 +6,9 @@ them (see `onnxlrp.cli.register_commands`), so the imports point one way only.
 from __future__ import annotations
 
 import functools
+import os
+import re
+from pathlib import Path
 from typing import Optional, Sequence
 
 import click
@@ -16,11 +19,78 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL = 3
 
 
+INTEGERS = re.compile(r"\d+(,\d+)*")
+MULTI_VALUE_OPTIONS = ("--target", "-t")  # of commands with a `targets` option: "K", "K,L" or "K L ..." (integers)
+
+
+def join_multi_values(args: Sequence[str]) -> list:
+    """Command-line words with the integers after --target / -t joined into one word: '-t 3 5' -> '-t 3,5'."""
+    joined, i = [], 0
+    while i < len(args):
+        word = args[i]
+        joined.append(word)
+        i += 1
+        if word == "--":
+            joined.extend(args[i:])
+            break
+        if word in MULTI_VALUE_OPTIONS and i < len(args) and INTEGERS.fullmatch(args[i]):
+            values = [args[i]]
+            i += 1
+            while i < len(args) and INTEGERS.fullmatch(args[i]):
+                values.append(args[i])
+                i += 1
+            joined.append(",".join(values))
+    return joined
+
+
 class Command(click.Command):
-    """The click command class of every onnxlrp command (where behaviour they all share goes)."""
+    """The click command class of every onnxlrp command: --target takes several values (3 5 or 3,5), and the
+    command's line in `onnxlrp --help` is its short_help in full (wrapped, never cut with '...')."""
+
+    def parse_args(self, ctx: click.Context, args: list) -> list:
+        if any(param.name == "targets" for param in self.params):
+            args = join_multi_values(args)
+        return super().parse_args(ctx, args)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help:
+            return self.short_help
+        return " ".join((self.help or "").split("\n\n")[0].split()).split(". ")[0].rstrip(".")
 
 
 command = functools.partial(click.command, cls=Command)
+
+
+def note(message: str) -> None:
+    """A one-line note on stderr (stdout stays the command's result: tables, CSV)."""
+    click.echo(f"note: {message}", err=True)
+
+
+def check_output_file(path: Optional[str], option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: a folder, or a missing parent folder."""
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise OnnxLrpError(f"cannot write {option} {target}: it is a folder (give a file name)")
+    folder = target.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise OnnxLrpError(f"cannot write {option} {target}: folder {folder} {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OnnxLrpError(f"cannot write {option} {target}: folder {folder} is not writable")
+
+
+def check_output_folder(path: str, option: str) -> None:
+    """Refuse, before any work, an output folder that is a file or whose nearest existing parent is not writable."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise OnnxLrpError(f"cannot write into {option} {target}: it is a file, not a folder")
+    existing = next(p for p in [target, *target.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise OnnxLrpError(f"cannot create {option} {target}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OnnxLrpError(f"cannot write into {option} {target}: folder {existing} is not writable")
 
 
 def parse_sets(values: Sequence[str]) -> dict:
@@ -34,8 +104,13 @@ def parse_sets(values: Sequence[str]) -> dict:
     return params
 
 
-composite_option = click.option("--composite", "-c", default="epsilon_plus", show_default=True,
+DEFAULT_COMPOSITE = "epsilon_plus"
+composite_option = click.option("--composite", "-c", default=DEFAULT_COMPOSITE, show_default=True,
                                 help="Built-in composite name or path to a TOML composite.")
+explain_composite_option = click.option(
+    "--composite", "-c", default=None,
+    help="Built-in composite name or path to a TOML composite [default: epsilon_plus; a compiled MODEL keeps the "
+         "composite it was compiled with, and another one is refused].")
 set_option = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                           help="Override a composite parameter (repeatable), e.g. --set low=-2.1")
 output_option = click.option("--output", "output_name", default=None, help="Graph output to explain.")
@@ -48,16 +123,34 @@ def model_argument(fn):
     return click.argument("model", type=click.Path())(fn)
 
 
-def input_option(fn):
-    """--input / -i FILE: the batch to explain."""
+def input_options(fn):
+    """--input / -i FILE: the batch to explain, --key: which arrays of an .npz file, and the image options."""
+    fn = image_options(fn)
+    fn = click.option("--key", "keys", multiple=True, metavar="NAME|INPUT=NAME",
+                      help=".npz input: the array to explain (NAME), or the array for each model input "
+                           "(INPUT=NAME, repeatable) [default: the arrays named like the model's inputs].")(fn)
     return click.option("--input", "-i", "input_file", required=True,
                         help=".npy, .npz or image (.png, .jpg) with the batch.")(fn)
 
 
 def target_option(fn):
-    """--target / -t K: the class to explain, one or one per sample."""
-    return click.option("--target", "-t", "targets", multiple=True, type=int,
-                        help="Class to explain (one, or one per sample).")(fn)
+    """--target / -t K ...: the class to explain, one or one per sample (3 5, 3,5 or -t 3 -t 5)."""
+    return click.option("--target", "-t", "targets", multiple=True, metavar="K ...",
+                        help="Class to explain: one for every sample, or one per sample (--target 3 5, "
+                             "--target 3,5) [default: the predicted class].")(fn)
+
+
+def parse_targets(values: Sequence[str]):
+    """The --target words as Explainer.explain's target: None, one int, or a list of ints."""
+    targets = []
+    for value in values:
+        for part in str(value).split(","):
+            try:
+                targets.append(int(part))
+            except ValueError:
+                raise OnnxLrpError(f"--target expects class numbers (--target 3, --target 3 5 or --target 3,5), "
+                                   f"got {value!r}") from None
+    return None if not targets else (targets[0] if len(targets) == 1 else targets)
 
 
 def image_options(fn):
@@ -70,14 +163,16 @@ def image_options(fn):
     return fn
 
 
-def read_inputs(explainer, input_file: str, size: Optional[str], mean: Optional[str], std: Optional[str]) -> dict:
-    """The batch in input_file (.npy, .npz or an image preprocessed for the explainer's single input)."""
-    from .inputs import load_inputs, options_for_shape, parse_floats, parse_size
+def read_inputs(explainer, input_file: str, keys: Sequence[str], size: Optional[str], mean: Optional[str],
+                std: Optional[str]) -> dict:
+    """The batch in input_file (.npy, .npz or an image preprocessed for the explainer's single input); every
+    change made to an image (resized, converted, flattened) is printed as a note."""
+    from .inputs import load_inputs, options_for_shape, parse_floats, parse_keys, parse_size
+    names = [i.name for i in explainer.inputs]
     shape = explainer.inputs[0].shape if len(explainer.inputs) == 1 else []
     options = options_for_shape(shape, parse_size(size), parse_floats(mean, "--mean"), parse_floats(std, "--std"))
-    return load_inputs(input_file, [i.name for i in explainer.inputs], image=options)
-
-
-def target_argument(targets: Sequence[int]):
-    """The --target values as Explainer.explain's target: None, one int, or a list."""
-    return None if not targets else (targets[0] if len(targets) == 1 else list(targets))
+    notes: list = []
+    inputs = load_inputs(input_file, names, image=options, keys=parse_keys(keys, names), notes=notes)
+    for message in notes:
+        note(message)
+    return inputs

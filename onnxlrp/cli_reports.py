@@ -8,17 +8,20 @@ from typing import Optional
 import click
 import numpy as np
 
-from .cli_options import (command, composite_option, format_option, image_options, input_option, model_argument,
-                          output_option, parse_sets, read_inputs, set_option, target_argument, target_option)
+from .cli_options import (check_output_file, command, explain_composite_option, format_option, input_options,
+                          model_argument, output_option, parse_sets, parse_targets, read_inputs, set_option,
+                          target_option)
 
 
-def _explain(model: str, input_file: str, targets, composite: str, sets, output_name: Optional[str],
-             size: Optional[str], mean: Optional[str], std: Optional[str]):
+def _explain(model: str, input_file: str, keys, targets, composite: Optional[str], sets, output_name: Optional[str],
+             size: Optional[str], mean: Optional[str], std: Optional[str], node_relevance: Optional[str] = None):
     """Compile (with per-tensor sums) and explain the batch in input_file: (explainer, explanation)."""
     from .runtime import Explainer
-    explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name, node_relevance="sums")
-    inputs = read_inputs(explainer, input_file, size, mean, std)
-    return explainer, explainer.explain(inputs, target_argument(targets))
+    target = parse_targets(targets)
+    explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name,
+                          node_relevance=node_relevance)
+    inputs = read_inputs(explainer, input_file, keys, size, mean, std)
+    return explainer, explainer.explain(inputs, target)
 
 
 def _format(fmt: Optional[str]) -> str:
@@ -29,28 +32,29 @@ def _format(fmt: Optional[str]) -> str:
     return "table" if hasattr(stream, "isatty") and stream.isatty() else "csv"
 
 
-def _print_table(table) -> None:
-    """Print a rich table to the terminal."""
+def _console():
+    """The rich console tables are printed on (its width: the terminal's, or COLUMNS, or 80)."""
     from rich.console import Console
-    Console().print(table)
+    return Console()
 
 
 def report_options(fn):
     """The options bias-table and profile share with explain."""
-    for option in reversed([model_argument, input_option, target_option, composite_option, set_option,
-                            output_option, image_options, format_option]):
+    for option in reversed([model_argument, input_options, target_option, explain_composite_option, set_option,
+                            output_option, format_option]):
         fn = option(fn)
     return fn
 
 
-@command("bias-table")
+@command("bias-table", short_help="Relevance taken by every bias, the inputs and the stabilizer.")
 @report_options
 @click.option("--top", default=3, show_default=True, help="How many of each row's largest units to list.")
-def bias_table_cmd(model, input_file, targets, composite, sets, output_name, size, mean, std, fmt, top) -> None:
+def bias_table_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, fmt, top) -> None:
     """Relevance taken by every bias (graph order), the inputs and the stabilizers; the totals row is the output."""
     from .render import bias_records, bias_rich_table, to_csv, to_json
     from .tables import bias_table
-    explainer, exp = _explain(model, input_file, targets, composite, sets, output_name, size, mean, std)
+    explainer, exp = _explain(model, input_file, keys, targets, composite, sets, output_name, size, mean, std,
+                              node_relevance="sums")
     rows = bias_table(exp, top=top)
     records = bias_records(rows)
     fmt = _format(fmt)
@@ -67,17 +71,23 @@ def bias_table_cmd(model, input_file, targets, composite, sets, output_name, siz
         n = exp.total.shape[0]
         title = (f"bias table · {Path(model).name} · {explainer.composite} · mean of {n} · "
                  f"explained output {float(np.mean(exp.total)):.6g}")
-        _print_table(bias_rich_table(rows, title))
+        console = _console()
+        console.print(bias_rich_table(rows, title, width=console.width))
 
 
-@command("profile")
+@command("profile", short_help="Conservation layer by layer, input to output.")
 @report_options
 @click.option("--png", default=None, type=click.Path(dir_okay=False), help="Also plot the profile into this PNG.")
-def profile_cmd(model, input_file, targets, composite, sets, output_name, size, mean, std, fmt, png) -> None:
+def profile_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, fmt, png) -> None:
     """Layer-by-layer conservation: relevance at each tensor + bias and stabilizer taken so far == total."""
     from .render import profile_records, profile_rich_table, to_csv, to_json
     from .tables import profile
-    explainer, exp = _explain(model, input_file, targets, composite, sets, output_name, size, mean, std)
+    check_output_file(png, "--png")
+    if png:
+        from .heatmap import heatmap_format
+        heatmap_format(png, "--png")
+    explainer, exp = _explain(model, input_file, keys, targets, composite, sets, output_name, size, mean, std,
+                              node_relevance="sums")
     rows = profile(exp)
     records = profile_records(rows)
     fmt = _format(fmt)
@@ -87,7 +97,8 @@ def profile_cmd(model, input_file, targets, composite, sets, output_name, size, 
         click.echo(to_json(records, model=model, composite=explainer.composite, batch=int(exp.total.shape[0])))
     else:
         title = f"conservation profile · {Path(model).name} · {explainer.composite} · mean of {exp.total.shape[0]}"
-        _print_table(profile_rich_table(rows, title))
+        console = _console()
+        console.print(profile_rich_table(rows, title, width=console.width))
         worst = max(float(r.relative_error.max()) for r in rows)
         click.echo(f"largest relative error over all layers and samples: {worst:.1e}")
     if png:

@@ -17,6 +17,7 @@ from .canonicalize import canonicalize, explained_tensor
 from .composites import Composite, load_composite
 from .emitters import NodeView, accepted_rules, lookup
 from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, UnsupportedModelError
+from .fold import fold_constants
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
 from .prune import prune_unused
 from .shapes import annotate_shapes, check_model
@@ -380,7 +381,7 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
     if METADATA_KEY in {p.key for p in source.metadata_props}:
         raise OnnxLrpError("this model is already compiled by onnxlrp; compile the original model instead")
     comp = load_composite(composite, params)
-    canon = canonicalize(source)
+    canon = canonicalize(fold_constants(source))
     plan = plan_model(canon, comp, output)
     index = plan.index
     explained_info = index.info(plan.explained)

@@ -1,6 +1,7 @@
 """Composites: TOML files mapping nodes to rules; first match wins. Loading, validation and rule assignment."""
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +42,10 @@ class Entry:
         """'file, entry k' for error messages."""
         return f"{self.source}, [[match]] entry {self.index + 1}"
 
+    def references(self) -> list:
+        """Names of the [params] entries this entry's arguments refer to ('$name')."""
+        return [v[1:] for _, v in self.args if isinstance(v, str) and v.startswith("$")]
+
     def selects(self, op_type: str, group: str, name: str) -> bool:
         """True if op type, group and name satisfy every selector but position."""
         if self.ops and op_type not in self.ops:
@@ -72,17 +77,26 @@ class Composite:
             if key not in params:
                 raise CompositeError(
                     f"composite {self.name!r} has no parameter {key!r} (it has: {', '.join(sorted(params)) or 'none'})")
-            params[key] = _parse_value(value)
+            params[key] = parse_value(value, key)
         composite = Composite(self.name, self.description, self.entries, params, self.source, self.parents)
-        composite.rules_for_entries()  # validate every entry with the new values
+        for entry in composite.entries:  # validate every entry with the new values; blame the value given, not the file
+            given = [k for k in entry.references() if k in (overrides or {})]
+            if given:
+                try:
+                    build_rule(entry.rule, composite.resolved_args(entry))
+                except RuleParameterError as exc:
+                    key = given[0]
+                    raise RuleParameterError(f"parameter {key}={_text(params[key])} of composite {self.name!r}: "
+                                             f"{exc}") from None
+        composite.rules_for_entries()
         return composite
 
     def rules_for_entries(self) -> list:
         """Instantiate the rule of every entry with the current parameters (validates them)."""
         return [self.rule_of(e) for e in self.entries]
 
-    def rule_of(self, entry: Entry) -> Rule:
-        """The rule an entry assigns, its '$param' references resolved."""
+    def resolved_args(self, entry: Entry) -> dict:
+        """An entry's rule arguments with its '$param' references replaced by the parameters' values."""
         args = {}
         for key, value in entry.args:
             if isinstance(value, str) and value.startswith("$"):
@@ -91,6 +105,11 @@ class Composite:
                     raise CompositeError(f"{entry.where()}: unknown parameter reference {value!r}")
                 value = self.params[ref]
             args[key] = value
+        return args
+
+    def rule_of(self, entry: Entry) -> Rule:
+        """The rule an entry assigns, its '$param' references resolved."""
+        args = self.resolved_args(entry)
         try:
             return build_rule(entry.rule, args)
         except RuleParameterError as exc:
@@ -116,8 +135,11 @@ class Composite:
         return plan
 
 
-def _parse_value(value):
-    """A parameter override: numbers stay numbers; strings like '0.5' or '[1,2,3]' are parsed."""
+def parse_value(value, key: Optional[str] = None):
+    """A parameter value: numbers stay numbers; strings like '0.5' or '[1,2,3]' are parsed. key names the parameter
+    in the error message."""
+    problem = (f"parameter {key}={value}: not a number or a list of numbers" if key else
+               f"parameter value {value!r} is not a number or a list of numbers")
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -125,12 +147,22 @@ def _parse_value(value):
                 return [float(v) for v in text.strip("[]").split(",") if v.strip()]
             return float(text)
         except ValueError:
-            raise CompositeError(f"parameter value {value!r} is not a number or a list of numbers") from None
+            raise CompositeError(problem) from None
     if isinstance(value, (list, tuple)):
-        return [float(v) for v in value]
+        try:
+            return [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise CompositeError(problem) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise CompositeError(f"parameter value {value!r} is not a number or a list of numbers")
+        raise CompositeError(problem)
     return float(value)
+
+
+def _text(value) -> str:
+    """A parameter value as written on the command line: 0.01, -1, [0.1,0.2]."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def builtin_dir() -> Path:
@@ -139,9 +171,12 @@ def builtin_dir() -> Path:
     return data_folder("onnxlrp._rules", "base.toml") or Path(__file__).resolve().parent.parent / "rules"
 
 
-def builtin_names() -> list:
-    """Names of the built-in composites."""
-    return sorted(p.stem for p in builtin_dir().glob("*.toml"))
+SHARED_COMPOSITES = ("base",)  # what the built-in composites extend; explains nothing on its own
+
+
+def builtin_names(shared: bool = True) -> list:
+    """Names of the built-in composites (shared=False: without `base`, which only others extend)."""
+    return sorted(p.stem for p in builtin_dir().glob("*.toml") if shared or p.stem not in SHARED_COMPOSITES)
 
 
 def resolve_path(spec: Union[str, Path]) -> Path:
@@ -155,7 +190,10 @@ def resolve_path(spec: Union[str, Path]) -> Path:
     name = text.replace("-", "_")
     path = builtin_dir() / f"{name}.toml"
     if not path.is_file():
-        raise CompositeError(f"unknown composite {text!r} (built-in: {', '.join(builtin_names())}; or a path to a .toml)")
+        names = builtin_names(shared=False)
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise CompositeError(f"unknown composite {text!r} ({hint}built-in: {', '.join(names)}; or a path to a .toml)")
     return path
 
 
@@ -192,7 +230,7 @@ def _load(path: Path, seen: tuple) -> Composite:
         raise CompositeError(f"{source}: [params] must be a table")
     for key, value in raw_params.items():
         try:
-            params[key] = _parse_value(value)
+            params[key] = parse_value(value)
         except CompositeError as exc:
             raise CompositeError(f"{source}, [params] {key}: {exc}") from None
     raw_entries = data.get("match", [])

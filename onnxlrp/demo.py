@@ -14,13 +14,19 @@ def shipped_model_dir() -> Path:
 
 
 def run_demo(out_dir: str, echo: Callable[[str], None] = print, composite: str = "epsilon_plus") -> Path:
-    """Explain the shipped CNN on the shipped digits: print results and the bias table, write a heatmap grid."""
+    """Explain the shipped CNN on the shipped digits: write a heatmap grid, then print the results and the bias
+    table (the picture is written before the first line, so that `onnxlrp demo | head` still makes it)."""
     from .errors import OnnxLrpError
     from .heatmap import save_image_heatmaps
     from .render import bias_rich_table, rich_text
     from .report import conservation_line
     from .runtime import Explainer
     from .tables import bias_table
+    target = Path(out_dir)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OnnxLrpError(f"cannot create folder {target}: {exc.strerror or exc}") from None
     folder = shipped_model_dir()
     with np.load(folder / "digits_samples.npz") as archive:
         images, labels = archive["images"], archive["labels"]
@@ -28,6 +34,11 @@ def run_demo(out_dir: str, echo: Callable[[str], None] = print, composite: str =
     exp = explainer.explain(images)
     n = len(labels)
     predicted = exp.output.reshape(n, -1).argmax(axis=1)
+    path = target / f"digits_cnn_{_file_part(explainer.composite)}.png"
+    titles = [f"label {int(label)} \u00b7 predicted {int(p)}" for label, p in zip(labels, predicted)]
+    save_image_heatmaps(str(path), exp.relevance["input"], images, titles=titles, image_cmap="gray_r",
+                        title=f"LRP ({explainer.composite}) of the predicted class: each digit beside its relevance "
+                              f"(red: for the class, blue: against)")
     echo(f"onnxlrp demo: digits CNN (models/digits_cnn.onnx) on {n} held-out digits | composite "
          f"{explainer.composite} | provider {explainer.provider}")
     echo("each digit's predicted logit is explained: total = inputs + biases + stabilizer")
@@ -36,18 +47,8 @@ def run_demo(out_dir: str, echo: Callable[[str], None] = print, composite: str =
         echo(f"digit {i:2d}: label {int(label)}, predicted {int(predicted[i])}{mark}")
         echo("    " + conservation_line(exp, i))
     echo("")
-    table = bias_rich_table(bias_table(exp, top=3), f"bias table (mean over the {n} digits)")
-    echo(rich_text(table, width=120).rstrip())
-    target = Path(out_dir)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OnnxLrpError(f"cannot create folder {target}: {exc.strerror or exc}") from None
-    path = target / f"digits_cnn_{_file_part(explainer.composite)}.png"
-    titles = [f"label {int(label)} \u00b7 predicted {int(p)}" for label, p in zip(labels, predicted)]
-    save_image_heatmaps(str(path), exp.relevance["input"], images, titles=titles, image_cmap="gray_r",
-                        title=f"LRP ({explainer.composite}) of the predicted class: each digit beside its relevance "
-                              f"(red: for the class, blue: against)")
+    table = bias_rich_table(bias_table(exp, top=3), f"bias table (mean over the {n} digits)", width=100)
+    echo(rich_text(table, width=100).rstrip())
     echo("")
     echo(f"wrote the heatmap grid to {path.resolve()}")
     return path

@@ -209,6 +209,7 @@ class TensorInfo:
 
     elem_type: int
     shape: tuple | None  # tuple of int | None, or None when even the rank is unknown
+    symbols: tuple | None = None  # the symbolic name (dim_param) of each axis, None where it has none
 
     @property
     def is_float(self) -> bool:
@@ -274,6 +275,24 @@ class GraphIndex:
         """Type and shape of a value, None if unknown."""
         return self.infos.get(name)
 
+    def batch_axis(self, name: str) -> int | None:
+        """The axis of a value that holds the batch, None where none does: the axis carrying the symbolic batch dim
+        of the graph inputs (shape inference carries it through transposes and reshapes); without a symbolic batch,
+        axis 0 when its size is the inputs' batch size or unknown."""
+        inputs = [self.infos.get(n) for n in self.graph_inputs]
+        inputs = [i for i in inputs if i is not None and i.shape]
+        batch_symbols = {i.symbols[0] for i in inputs if i.symbols and i.symbols[0]}
+        info = self.infos.get(name)
+        if info is None or info.shape is None or not info.shape:
+            return None
+        if batch_symbols:
+            hits = [a for a, s in enumerate(info.symbols or ()) if s in batch_symbols]
+            if hits:
+                return hits[0]
+            return 0 if info.shape[0] is None else None  # a static axis is never a symbolic batch
+        sizes = {i.shape[0] for i in inputs}
+        return 0 if info.shape[0] is None or info.shape[0] in sizes else None
+
     def is_constant(self, name: str) -> bool:
         """True if the value is an initializer or Constant output."""
         return name in self.constants
@@ -300,7 +319,8 @@ def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo | None:
     if not vi.type.HasField("tensor_type"):
         return None
     tt = vi.type.tensor_type
-    shape = None
+    shape = symbols = None
     if tt.HasField("shape"):
         shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
-    return TensorInfo(tt.elem_type, shape)
+        symbols = tuple(d.dim_param or None for d in tt.shape.dim)
+    return TensorInfo(tt.elem_type, shape, symbols)

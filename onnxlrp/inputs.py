@@ -22,6 +22,7 @@ class ImageOptions:
     std: Optional[tuple] = None         # per channel (or one value), divided by after subtracting the mean
     channels: int = 3                   # 1: grey, 3: RGB, 4: RGBA
     channels_last: bool = False         # (1, H, W, C) instead of (1, C, H, W)
+    layout: str = "image"               # "image": (1, C, H, W) or (1, H, W, C); "grid": (1, H, W); "flat": (1, H*W*C)
 
 
 def parse_size(text: Optional[str]) -> Optional[tuple]:
@@ -51,35 +52,52 @@ def parse_floats(text: Optional[str], what: str) -> Optional[tuple]:
 
 def options_for_shape(shape: Sequence, size: Optional[tuple] = None, mean: Optional[tuple] = None,
                       std: Optional[tuple] = None) -> ImageOptions:
-    """Image options matching a model input's declared shape: channels, layout, and size when it is static."""
+    """Image options matching a model input's declared shape: channels, layout, and size when it is static. A flat
+    input (N, F) takes a grey image of F pixels, square when F is a square number."""
     dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
-    channels_last, channels, spatial = False, 3, None
+    channels_last, channels, spatial, layout = False, 3, None, "image"
     if len(dims) == 4:
         first, last = dims[1], dims[3]
         channels_last = last is not None and last <= 4 and (first is None or first > 4)
         channels = (last if channels_last else first) or 3
         spatial = (dims[1], dims[2]) if channels_last else (dims[2], dims[3])
     elif len(dims) == 3:
-        channels, spatial = 1, (dims[1], dims[2])
+        channels, spatial, layout = 1, (dims[1], dims[2]), "grid"
+    elif len(dims) == 2:
+        channels, layout = 1, "flat"
+        side = int(round(dims[1] ** 0.5)) if dims[1] else 0
+        spatial = (side, side) if side and side * side == dims[1] else None
     if size is None and spatial is not None and None not in spatial:
         size = spatial
     return ImageOptions(size=size, mean=mean, std=std, channels=channels if channels in (1, 3, 4) else 3,
-                        channels_last=channels_last)
+                        channels_last=channels_last, layout=layout)
 
 
-def load_image(path: str, options: ImageOptions) -> np.ndarray:
-    """An image file as a float32 batch of one: (1, C, H, W) (or (1, H, W, C)), scaled to [0, 1], normalised."""
+_MODE_NAMES = {"1": "black-and-white", "L": "grey", "LA": "grey with alpha", "P": "palette", "RGB": "RGB",
+               "RGBA": "RGBA", "CMYK": "CMYK", "I": "32-bit grey", "I;16": "16-bit grey", "F": "float grey"}
+
+
+def load_image(path: str, options: ImageOptions, notes: Optional[list] = None) -> np.ndarray:
+    """An image file as a float32 batch of one: (1, C, H, W) (or (1, H, W, C), (1, H, W), (1, H*W*C)), scaled to
+    [0, 1], normalised. Every change to the picture (size, colours) is appended to notes as one sentence."""
     from PIL import Image, UnidentifiedImageError
     file = Path(path)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[options.channels]
     try:
         with Image.open(file) as image:
-            mode = {1: "L", 3: "RGB", 4: "RGBA"}[options.channels]
+            original_mode, original_size = image.mode, image.size
             image = image.convert(mode)
-            if options.size is not None:
+            if options.size is not None and image.size != (options.size[1], options.size[0]):
                 image = image.resize((options.size[1], options.size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as exc:
         raise InputError(f"cannot read image {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    changes = []
+    if (original_size[1], original_size[0]) != array.shape[:2]:
+        changes.append(f"resized from {original_size[1]}x{original_size[0]} to {array.shape[0]}x{array.shape[1]}")
+    if original_mode != mode and not (original_mode in ("P", "1") and mode == "RGB"):
+        changes.append(f"converted from {_MODE_NAMES.get(original_mode, original_mode)} to "
+                       f"{_MODE_NAMES[mode]}")
     array = array.reshape(array.shape[0], array.shape[1], -1)  # (H, W, C)
     for name, values in (("mean", options.mean), ("std", options.std)):
         if values is not None and len(values) not in (1, array.shape[2]):
@@ -91,21 +109,52 @@ def load_image(path: str, options: ImageOptions) -> np.ndarray:
         if np.any(std == 0):
             raise InputError("--std must not contain 0")
         array = array / std
-    if not options.channels_last:
-        array = np.transpose(array, (2, 0, 1))
-    return np.ascontiguousarray(array[None], dtype=np.float32)
+    if options.layout == "flat":
+        array = array.reshape(1, -1)
+        changes.append(f"flattened to {array.shape[1]} values")
+    elif options.layout == "grid":
+        array = array[None, :, :, 0]
+    else:
+        array = (array if options.channels_last else np.transpose(array, (2, 0, 1)))[None]
+    if changes and notes is not None:
+        notes.append(f"image {file.name} {', '.join(changes)}")
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def load_inputs(path: str, input_names: Sequence[str], image: Optional[ImageOptions] = None) -> dict:
-    """Load .npy (one input), .npz (arrays by input name; a single array fits a single-input model) or an image."""
+def parse_keys(values: Sequence[str], input_names: Sequence[str]) -> dict:
+    """--key words into {model input: array name}: 'NAME' for a single-input model, or 'INPUT=NAME' each."""
+    keys = {}
+    for value in values:
+        inp, sep, key = str(value).rpartition("=")
+        if not sep:
+            if len(input_names) != 1:
+                raise InputError(f"the model has {len(input_names)} inputs ({', '.join(input_names)}): "
+                                 f"use --key INPUT=NAME for each, got --key {value}")
+            inp = input_names[0]
+        if inp not in input_names:
+            raise InputError(f"--key {value}: the model has no input {inp!r} (inputs: {', '.join(input_names)})")
+        if not key:
+            raise InputError(f"--key {value}: no array name given")
+        keys[inp] = key
+    return keys
+
+
+def load_inputs(path: str, input_names: Sequence[str], image: Optional[ImageOptions] = None,
+                keys: Optional[dict] = None, notes: Optional[list] = None) -> dict:
+    """Load .npy (one input), .npz (arrays by input name, or chosen by keys {input: array name}; a single array
+    fits a single-input model) or an image (its changes appended to notes)."""
     file = Path(path)
+    if file.is_dir():
+        raise InputError(f"input path is a folder, not a file: {file}")
     if not file.is_file():
         raise InputError(f"input file not found: {file}")
     suffix = file.suffix.lower()
+    if keys and suffix != ".npz":
+        raise InputError(f"--key chooses arrays in an .npz file; {file} is not one")
     if suffix in IMAGE_SUFFIXES:
         if len(input_names) != 1:
             raise InputError(f"an image file fits a single-input model; this one has {len(input_names)} inputs")
-        return {input_names[0]: load_image(str(file), image or ImageOptions())}
+        return {input_names[0]: load_image(str(file), image or ImageOptions(), notes)}
     try:
         if suffix == ".npy":
             data = {"": np.load(file, allow_pickle=False)}
@@ -119,12 +168,24 @@ def load_inputs(path: str, input_names: Sequence[str], image: Optional[ImageOpti
         raise
     except Exception as exc:
         raise InputError(f"cannot read input file {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    held = ", ".join(repr(k) for k in data if k) or "one unnamed array"
+    if keys:
+        for inp, key in keys.items():
+            if key not in data:
+                raise InputError(f"input file {file} has no array {key!r} (it holds {held})")
+        chosen = {name: keys.get(name, name) for name in input_names}
+        missing = [name for name, key in chosen.items() if key not in data]
+        if missing:
+            raise InputError(f"input file {file} holds {held}; --key names no array for model input "
+                             f"{', '.join(map(repr, missing))} (add --key {missing[0]}=NAME)")
+        return {name: data[key] for name, key in chosen.items()}
     if set(input_names) <= set(data):
         return {name: data[name] for name in input_names}
     if len(input_names) == 1 and len(data) == 1:
         return {input_names[0]: next(iter(data.values()))}
-    raise InputError(f"input file {file} holds {', '.join(repr(k) for k in data if k) or 'one unnamed array'}; "
-                     f"the model needs {', '.join(map(repr, input_names))} (save them by name in an .npz)")
+    hint = "--key NAME" if len(input_names) == 1 else "--key INPUT=NAME for each input"
+    raise InputError(f"input file {file} holds {held}; the model needs {', '.join(map(repr, input_names))} "
+                     f"(choose with {hint}, or save the arrays by input name)")
 
 
 def load_feature_names(path: str) -> list:

@@ -1,10 +1,12 @@
 """Text reports of an explanation: the conservation line, top positions, the plan table, saving to .npz."""
 from __future__ import annotations
 
+import io
 from typing import Optional
 
 import numpy as np
 
+from .errors import OnnxLrpError
 from .runtime import Explanation
 
 
@@ -24,12 +26,19 @@ def top_positions(relevance: np.ndarray, k: int) -> list:
 
 
 def save_explanation(exp: Explanation, path: str) -> None:
-    """Write output, target, total, stabilizer, relevance/<input>, bias/<node> (and nodes/<tensor>) to an .npz."""
+    """Write output, target, total, stabilizer, relevance/<input>, bias/<node> (and nodes/<tensor>) to an .npz
+    file at exactly path."""
     arrays = {"output": exp.output, "target": exp.target, "total": exp.total, "stabilizer": exp.stabilizer}
     arrays.update({f"relevance/{k}": v for k, v in exp.relevance.items()})
     arrays.update({f"bias/{k}": v for k, v in exp.bias.items()})
     arrays.update({f"nodes/{k}": v for k, v in exp.nodes.items()})
-    np.savez(path, **arrays)
+    buffer = io.BytesIO()  # np.savez would add '.npz' to a name without it, and needs a seekable file
+    np.savez(buffer, **arrays)
+    try:
+        with open(path, "wb") as file:
+            file.write(buffer.getbuffer())
+    except OSError as exc:
+        raise OnnxLrpError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def plan_rows(model, composite: str, params: Optional[dict], output: Optional[str]) -> list:

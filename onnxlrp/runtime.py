@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes.util
+import difflib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import onnx
 
+from .compiled_options import refuse_other_options
 from .compiler import POSITION_INPUT, TARGET_INPUT, compile as compile_model, compiled_metadata
 from .errors import InputError, ModelLoadError, OnnxLrpError
 from .graph import ModelLike, inconsistency, load_model
@@ -40,6 +42,13 @@ def _quiet_stderr():
         os.close(fd)
 
 
+def refuse_fallback(session, providers: Optional[Sequence[str]]) -> None:
+    """Raise when the caller named a provider and onnxruntime fell back to another one instead of running it."""
+    if providers and session.get_providers()[0] != providers[0]:
+        raise OnnxLrpError(f"execution provider {providers[0]} did not initialise on this machine (onnxruntime "
+                           f"would run on {session.get_providers()[0]}): leave the provider out, or name that one")
+
+
 def cuda_available() -> bool:
     """True if onnxruntime's CUDA provider really initialises here (probed once, quietly)."""
     global _CUDA_WORKS
@@ -67,8 +76,21 @@ def cuda_available() -> bool:
 
 
 def choose_providers(providers: Optional[Sequence[str]]) -> list:
-    """Providers to ask for: the caller's, else CUDA (when it works) then CPU."""
+    """Providers to ask for: the caller's (each known to onnxruntime, the first one usable here), else CUDA (when
+    it works) then CPU."""
     if providers:
+        import onnxruntime as ort
+        available = ort.get_available_providers()
+        for name in providers:
+            if name not in available:
+                close = [a for a in available if a.lower().startswith(str(name).lower())]
+                close = close or difflib.get_close_matches(str(name), available, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise OnnxLrpError(f"unknown execution provider {name!r} (onnxruntime here has: "
+                                   f"{', '.join(available)}){hint}")
+        if providers[0] == "CUDAExecutionProvider" and not cuda_available():
+            raise OnnxLrpError("execution provider CUDAExecutionProvider does not initialise on this machine (no "
+                               "usable CUDA device or driver): leave the provider out to run on the CPU")
         return list(providers)
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_available() else ["CPUExecutionProvider"]
 
@@ -104,17 +126,19 @@ class Explanation:
 class Explainer:
     """Compiles a model on the fly (or loads a compiled one) and explains batches with onnxruntime."""
 
-    def __init__(self, model: Union[ModelLike, onnx.ModelProto], composite: str = "epsilon_plus", *,
-                 params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
+    def __init__(self, model: Union[ModelLike, onnx.ModelProto], composite: Optional[str] = None, *,
+                 params: Optional[dict] = None, output: Optional[str] = None, init: Optional[str] = None,
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
                  session_options=None, sequence: Optional[bool] = None) -> None:
         import onnxruntime as ort
         proto = source = load_model(model)
         meta = compiled_metadata(proto)
         if meta is None:
-            proto = compile_model(proto, composite, params=params, output=output, init=init,
-                                  node_relevance=node_relevance, sequence=sequence)
+            proto = compile_model(proto, composite or "epsilon_plus", params=params, output=output,
+                                  init=init or "logit", node_relevance=node_relevance, sequence=sequence)
             meta = compiled_metadata(proto)
+        else:  # a compiled model: an option that needs a new compilation is refused, not ignored
+            refuse_other_options(meta, composite, params, output, init)
         self.model = proto
         self.meta = meta
         options = session_options or ort.SessionOptions()
@@ -129,6 +153,7 @@ class Explainer:
                                                     disabled_optimizers=DISABLED_OPTIMIZERS)
         except Exception as exc:
             raise _session_error(source, exc) from None
+        refuse_fallback(self.session, providers)
         self._static_classes = _static_classes(proto, meta["explained"], bool(meta.get("position_input")))
         if from_file:
             self._model, self._model_path = None, os.fspath(model)

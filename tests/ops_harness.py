@@ -20,6 +20,7 @@ from onnx import helper, numpy_helper
 from onnxlrp.builder import GraphBuilder
 from onnxlrp.canonicalize import canonicalize
 from onnxlrp.compiler import plan_model
+from onnxlrp.fold import fold_constants
 from onnxlrp.composites import load_composite
 from onnxlrp.graph import opset_version
 
@@ -139,7 +140,7 @@ def explain_dense(model: onnx.ModelProto, feeds: dict, R: np.ndarray, rules: Opt
         path = Path(tmp or folder) / "case.toml"
         path.write_text(composite_text(rules or {}))
         composite = load_composite(str(path))
-    canon = canonicalize(model)
+    canon = canonicalize(fold_constants(model))
     plan = plan_model(canon, composite, None)
     b = GraphBuilder(canon, opset_version(canon), np.dtype(np.float32))
     b._taken.add(SEED_INPUT)

@@ -53,9 +53,10 @@ def test_explainer_recognises_a_compiled_model(tmp_path):
     path = tmp_path / "compiled.onnx"
     onnx.save(compiled, str(path))
     for source in (compiled, str(path)):
-        explainer = onnxlrp.Explainer(source, composite="epsilon_gamma_box")  # composite ignored: already compiled
-        assert explainer.model.SerializeToString() == compiled.SerializeToString()
-        assert explainer.composite == "epsilon"
+        for composite in (None, "epsilon"):  # none, or the one it was compiled with
+            explainer = onnxlrp.Explainer(source, composite=composite)
+            assert explainer.model.SerializeToString() == compiled.SerializeToString()
+            assert explainer.composite == "epsilon"
     with pytest.raises(onnxlrp.OnnxLrpError, match="already compiled"):
         onnxlrp.compile(compiled)
 

@@ -2,6 +2,7 @@
 No timing is asserted: only that the measurements exist, are consistent and errors are one readable line."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,12 @@ def test_cli_bench_prints_the_ratio_and_throughput():
                                     "-c", "epsilon_gamma_box"])
     assert out.exit_code == 0, out.output
     assert "composite epsilon_gamma_box" in out.output and "batch 2" in out.output
-    assert "x the forward pass" in out.output and "explanations/s" in out.output
+    assert "x the forward pass" in out.output
+    explain_ms = float(re.search(r"explain\(\): +([\d.]+) ms", out.output).group(1))
+    samples, batches = (float(v) for v in re.search(
+        r"throughput: +([\d.]+) samples explained/s \(([\d.]+) batches of 2/s\)", out.output).groups())
+    assert samples == pytest.approx(2 * batches, rel=1e-3, abs=0.1)  # samples, not batches (it counted batches)
+    assert batches == pytest.approx(1e3 / explain_ms, rel=0.01)
 
 
 def test_cli_bench_refuses_a_compiled_model(tmp_path):

@@ -160,3 +160,33 @@ def test_cli_explain_heatmap_for_images_and_flat_inputs(tmp_path):
     result = _run("explain", MODELS / "digits_mlp.onnx", "-i", tmp_path / "flat.npy", "--heatmap",
                   tmp_path / "bars.png", "--feature-names", names)
     assert result.exit_code == 2 and result.stderr.strip() == "error: got 2 feature names for 64 features"
+
+
+def test_grey_digits_ink_on_paper_and_overlay_on_grey(tmp_path):
+    """Digits (a grey picture with a dark border) are drawn black on white as the demo draws them, a grey photo
+    with a light border as it is; the overlay blends full red / blue, opacity |relevance| / max, over the picture
+    in grey (paper white, ink mid grey)."""
+    digit = np.zeros((1, 1, 8, 8))
+    digit[0, 0, 1:7, 3] = 1.0                      # a stroke of ink on black
+    relevance = np.zeros((1, 1, 8, 8))
+    relevance[0, 0, 2, 3], relevance[0, 0, 5, 6] = 2.0, -2.0
+    layout = save_image_heatmaps(str(tmp_path / "beside.png"), relevance, digit, title="digit, beside")
+    png = _read(tmp_path / "beside.png")
+    assert layout.title == "digit, beside"
+    assert _pixel(png, layout.image_panels[0], 3, 3, (8, 8)).max() < 40        # ink: black
+    assert _pixel(png, layout.image_panels[0], 3, 0, (8, 8)).min() > 245       # background: white
+    assert png[:int(layout.image_panels[0][1]) - 40].min() < 100   # the title band holds dark text
+    photo = 1.0 - digit                             # dark stroke on a light border: left as it is
+    layout = save_image_heatmaps(str(tmp_path / "photo.png"), relevance, photo)
+    png = _read(tmp_path / "photo.png")
+    assert _pixel(png, layout.image_panels[0], 3, 3, (8, 8)).max() < 40
+    assert _pixel(png, layout.image_panels[0], 3, 0, (8, 8)).min() > 245
+    layout = save_image_heatmaps(str(tmp_path / "overlay.png"), relevance, digit, overlay=True)
+    png = _read(tmp_path / "overlay.png")
+    box = layout.relevance_panels[0]
+    r, g, b = _pixel(png, box, 2, 3, (8, 8))        # full positive relevance over ink: red, 85 % opaque
+    assert r > 230 and abs(g - 0.15 * 127) < 12 and abs(b - 0.15 * 127) < 12, (r, g, b)
+    r, g, b = _pixel(png, box, 5, 6, (8, 8))        # full negative over paper: blue
+    assert b > 230 and abs(r - 0.15 * 255) < 12 and abs(g - 0.15 * 255) < 12, (r, g, b)
+    assert np.all(np.abs(_pixel(png, box, 4, 3, (8, 8)) - 127) < 12)   # ink, no relevance: mid grey
+    assert _pixel(png, box, 4, 0, (8, 8)).min() > 245                   # paper, no relevance: white

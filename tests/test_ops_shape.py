@@ -168,6 +168,55 @@ def test_gather_along_batch_is_refused():
         explain_dense(model, {"x": np.ones((2, 3))}, np.ones((1, 3), np.float32))
 
 
+def _packed(indices: np.ndarray, tail_nodes: list, out_rank: int, opset: int = 17):
+    """x (N, 4, 6) -> Reshape (N, 4, 3, 2) -> Transpose (3, N, 4, 2): the packed axis 0 is not the batch axis
+    (as a packed qkv projection is split into q, k, v); then Gather along axis 0 and tail_nodes."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["packed"], perm=[2, 0, 1, 3]),
+             helper.make_node("Gather", ["packed", "i"], ["g"], axis=0, name="the_gather")] + tail_nodes
+    inits = {"shape": _ints([0, 4, 3, 2]), "i": _ints(indices), "ax": _ints([0])}
+    return make_model(nodes, [tensor("x", ["N", 4, 6])], [tensor("y", [None] * out_rank)], inits, opset)
+
+
+GATHER_PACKED_CASES = {  # indices, nodes after the Gather (reading 'g', writing 'y'), output rank
+    "one_index": (np.array(1), [helper.make_node("Identity", ["g"], ["y"])], 3),
+    "repeated": (np.array([2, 0, 2]), [helper.make_node("Transpose", ["g"], ["y"], perm=[1, 0, 2, 3])], 4),
+    "two_dims_dynamic_tail": (np.array([[0, 2], [2, 2]]),
+                              [helper.make_node("Transpose", ["g"], ["y"], perm=[2, 0, 1, 3, 4])], 5),
+}
+
+
+@pytest.mark.parametrize("case", list(GATHER_PACKED_CASES))
+def test_gather_along_a_packed_axis_that_is_not_the_batch(case):
+    """Gather along axis 0 of a tensor whose batch is on axis 1 (a packed projection): relevance moves back exactly,
+    repeated indices add up (R_x = J^T R), and the batch stays dynamic (the output is brought back batch-first for
+    the reference)."""
+    indices, tail, rank = GATHER_PACKED_CASES[case]
+    _check_transpose(_packed(indices, tail, rank), (1, 4, 6))
+
+
+def test_split_of_a_packed_axis_that_is_not_the_batch():
+    """q, k, v = packed.unbind(0) (Split along axis 0 of (3, N, 4, 2), then Squeeze) joined in another order."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["packed"], perm=[2, 0, 1, 3]),
+             helper.make_node("Split", ["packed"], ["q", "k", "v"], axis=0, num_outputs=3)]
+    nodes += [helper.make_node("Squeeze", [p, "ax"], [p + "s"]) for p in "qkv"]
+    nodes += [helper.make_node("Concat", ["vs", "qs", "ks"], ["y"], axis=2)]
+    model = make_model(nodes, [tensor("x", ["N", 4, 6])], [tensor("y", [None] * 3)],
+                       {"shape": _ints([0, 4, 3, 2]), "ax": _ints([0])}, 18)
+    _check_transpose(model, (1, 4, 6))
+
+
+def test_gather_along_a_moved_batch_axis_is_refused():
+    """After the Transpose the batch is on axis 1: a Gather along axis 1 mixes samples and is named so."""
+    from onnxlrp.errors import UnsupportedModelError
+    model = _packed(np.array([0]), [helper.make_node("Identity", ["g"], ["y"])], 4)
+    gather = model.graph.node[2]
+    gather.attribute[0].i = 1
+    with pytest.raises(UnsupportedModelError, match=r"the_gather\): it gathers along the batch axis 1 of 'packed'"):
+        explain_dense(model, {"x": np.ones((2, 4, 6))}, np.ones((3, 1, 4, 2), np.float32))
+
+
 PAD_CASES = {
     "constant": ([0, 0, 1, 2, 0, 0, 2, 0], "constant", 0.0, True),
     "constant_value": ([0, 1, 0, 1, 0, 0, 1, 1], "constant", 1.5, True),

@@ -209,7 +209,7 @@ def test_cli_bias_table_json_with_target(images_file, digits):
 def test_cli_bias_table_rendered(images_file):
     result = _run("bias-table", CNN, "-i", images_file, "--format", "table")
     assert result.exit_code == 0, result.output
-    assert "100.0 %" in result.stdout and "/fc/Gemm" in result.stdout and "stabilizer" in result.stdout
+    assert "100.0 %" in result.stdout and " fc/Gemm " in result.stdout and "stabilizer" in result.stdout
 
 
 def test_cli_profile_csv_json_and_png(images_file, tmp_path):
@@ -226,6 +226,21 @@ def test_cli_profile_csv_json_and_png(images_file, tmp_path):
         assert image.format == "PNG" and image.size[0] > 600
     data = json.loads(_run("profile", CNN, "-i", images_file, "--format", "json").stdout)
     assert [r["tensor"] for r in data["rows"]] == [r["tensor"] for r in records]
+
+
+def test_profile_plot_labels_points_by_short_node_names(cnn_exp, tmp_path):
+    """The plot labelled its points by op type only: three 'Conv' points could not be told apart."""
+    from PIL import Image
+    from onnxlrp.plots import save_profile_plot
+    rows = profile(cnn_exp)
+    layout = save_profile_plot(str(tmp_path / "p.png"), rows, title="profile")
+    with Image.open(tmp_path / "p.png") as image:
+        assert image.size == layout.size
+    assert layout.labels == ["input", "stem.0/Conv", "stem.2/Relu", "block/conv1/Conv", "block/relu1/Relu",
+                             "block/conv2/Conv", "block/Add", "block/relu2/Relu", "pool1/MaxPool", "conv3.0/Conv",
+                             "conv3.2/Relu", "pool2/AveragePool", "flatten/Flatten", "fc/Gemm"]
+    assert [r.node.endswith(label.split("/", 1)[-1]) for r, label in zip(rows[1:], layout.labels[1:])] == \
+        [True] * (len(rows) - 1)
 
 
 def test_cli_profile_table_and_errors(images_file, tmp_path):

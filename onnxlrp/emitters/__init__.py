@@ -60,6 +60,11 @@ class NodeView:
         """The constant array behind a value, None if it is not constant."""
         return self.index.constants.get(name) if name else None
 
+    def not_constant(self, what: str, name: str) -> str:
+        """'<what> <name> is not a constant (why: the input, dynamic axis or unfoldable node it comes from)'."""
+        from ..fold import why_not_constant
+        return f"{what} {name!r} is not a constant ({why_not_constant(self.index, name)})"
+
     def info(self, name: str) -> Optional[TensorInfo]:
         """Static type and shape of a value."""
         return self.index.info(name)

@@ -307,7 +307,7 @@ def _check_gemm(view: NodeView) -> Optional[str]:
     a, bname = view.inputs[0], view.inputs[1]
     c = view.inputs[2] if len(view.inputs) > 2 else ""
     if c and view.const(c) is None:
-        return "its bias C is not a constant"
+        return view.not_constant("its bias C", c)
     if view.is_relevant(a) and view.const(bname) is not None:
         units = view.const(bname).shape[0 if view.attr("transB", 0) else -1]
         if c and view.const(c).ndim and view.const(c).shape[-1] not in (1, units):  # the checker lets it through
@@ -377,9 +377,9 @@ def conv_geometry(view: NodeView, x_shape: tuple, w_shape: tuple) -> tuple:
 def _check_conv(view: NodeView) -> Optional[str]:
     """Conv is linear when the weight (and bias) are constant and the input's spatial shape is static."""
     if view.const(view.inputs[1]) is None:
-        return "its weight is not a constant"
+        return view.not_constant("its weight", view.inputs[1])
     if len(view.inputs) > 2 and view.inputs[2] and view.const(view.inputs[2]) is None:
-        return "its bias is not a constant"
+        return view.not_constant("its bias", view.inputs[2])
     kernel = list(view.const(view.inputs[1]).shape[2:])
     if list(view.attr("kernel_shape", kernel)) != kernel:  # ONNX shape inference lets this through
         return f"its kernel_shape {list(view.attr('kernel_shape'))} contradicts its weight's {kernel} (a broken model)"
@@ -481,8 +481,9 @@ def emit_conv_transpose(b: GraphBuilder, view: NodeView, rule: Rule, R: list) ->
 
 def _check_batchnorm(view: NodeView) -> Optional[str]:
     """An unfolded BatchNormalization is a per-channel linear node when its statistics are constant."""
-    if any(view.const(n) is None for n in view.inputs[1:5]):
-        return "its scale, bias, mean or variance is not a constant"
+    computed = [n for n in view.inputs[1:5] if view.const(n) is None]
+    if computed:
+        return view.not_constant("its scale, bias, mean or variance", computed[0])
     if len(view.outputs) > 1 and any(view.outputs[1:]):
         return "training mode (running statistics as outputs) is not supported"
     return None

@@ -220,7 +220,7 @@ def _check_reduce(view: NodeView) -> Optional[str]:
     if shape is None:
         return f"the rank of its input {x!r} is not known at compile time"
     if len(view.inputs) > 1 and view.inputs[1] and view.const(view.inputs[1]) is None:
-        return f"its axes input {view.inputs[1]!r} is not a constant"
+        return view.not_constant("its axes input", view.inputs[1])
     axes = reduce_axes(view)
     if axes is None or 0 in axes:
         return "it reduces over the batch axis 0 (relevance would mix samples)"
@@ -284,3 +284,28 @@ def emit_global_max_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -
     x = view.inputs[0]
     shape = view.shape(x)
     return Emitted([wta_reduce(b, x, R[0], list(range(2, len(shape))), shape)])
+
+
+# ---- norms over axes: the share of each entry in the reduction ------------------------------------------------
+@register(("ReduceL2", "ReduceL1", "ReduceSumSquare"), group="sum", rules=(Norm, Epsilon), check=_check_reduce)
+def emit_reduce_share(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """y = g(sum_i t_i) with t = x^2 (ReduceL2: g = sqrt; ReduceSumSquare: g = id) or t = |x| (ReduceL1): each entry
+    gets its share of the sum, R_i = t_i * R / stab(sum_j t_j) (the Norm rule on the sum of the terms; the elementwise
+    t and the monotone g pass relevance as activations do). All terms are >= 0, so the shares are in [0, 1] and sum
+    to 1 (a norm of zeros passes nothing: the stabilizer keeps it). For the L2 norm these are the shares LRP-0 gives
+    on y = sum_i w_i x_i with w_i = x_i / y held constant (as the gate rule holds a gate constant): z_i = x_i^2 / y."""
+    x = view.inputs[0]
+    axes = reduce_axes(view)
+    y = view.outputs[0]
+    if view.op_type == "ReduceL1":
+        terms = b.op("Abs", [x], "t_abs")
+        total = y
+    else:
+        terms = b.op("Mul", [x, x], "t_square")
+        total = b.op("Mul", [y, y], "y_square") if view.op_type == "ReduceL2" else y
+    eps = rule.groups()[0].eps
+    s, share = b.normalize(R[0], total, eps)
+    if axes and not view.attr("keepdims", 1):
+        s = b.unsqueeze(s, axes, "s_keep")
+    rel = b.op("Mul", [terms, s], "R_x")
+    return Emitted([rel] + [None] * (len(view.inputs) - 1), None, b.per_sample_sum(share, "stab_sum"))

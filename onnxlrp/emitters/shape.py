@@ -160,7 +160,7 @@ def _check_const_inputs(view: NodeView, first: int = 1) -> Optional[str]:
     """Every input after the data must be a constant (or omitted)."""
     for name in view.inputs[first:]:
         if name and view.const(name) is None and not view.is_relevant(name):
-            return f"its input {name!r} is not a constant"
+            return view.not_constant("its input", name)
     return None
 
 
@@ -201,35 +201,26 @@ def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
 
 
 def _check_gather(view: NodeView) -> Optional[str]:
-    """Gather moves relevance back when its indices are constant (and it does not gather along the batch axis);
-    a Gather of embedding rows by token ids is an embedding lookup (embedding.py)."""
+    """Gather moves relevance back when its indices are constant, along any axis but the batch axis (a static one,
+    or one of run-time length: the sequence); a Gather of embedding rows by token ids is an embedding lookup
+    (embedding.py)."""
     if is_embedding(view):
         return check_embedding(view)
     if view.const(view.inputs[1]) is None:
-        return f"its indices {view.inputs[1]!r} are not a constant"
+        return view.not_constant("its indices", view.inputs[1])
     shape = view.shape(view.inputs[0])
     if shape is None:
         return f"the rank of its input {view.inputs[0]!r} is not known at compile time"
     axis = view.attr("axis", 0) % len(shape)
-    if axis == 0 and not _static_non_batch(view, shape[0]):
-        return "it gathers along the batch axis 0 (relevance would mix samples)"
-    if any(d is None for d in shape[axis + 1:]):
-        return f"the axes after axis {axis} of its input {view.inputs[0]!r} are not known at compile time"
+    if axis == view.index.batch_axis(view.inputs[0]):
+        return f"it gathers along the batch axis {axis} of {view.inputs[0]!r} (relevance would mix samples)"
     return None
-
-
-def _static_non_batch(view: NodeView, size: Optional[int]) -> bool:
-    """True when an axis 0 of static `size` cannot be the batch axis: the graph inputs' batch axis is symbolic, or
-    of another static size (nn.MultiheadAttention's packed q/k/v: axis 0 of size 3)."""
-    if size is None:
-        return False
-    batches = {view.shape(i)[0] for i in view.index.graph_inputs if view.shape(i)}
-    return bool(batches) and size not in batches
 
 
 @register("Gather", group="shape", rules=(Pass,), check=_check_gather)
 def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """R_x[.., i, ..] = sum of R_y over the positions whose index is i (repeated indices add up); an embedding
+    """R_x[.., i, ..] = sum of R_y over the positions whose index is i (repeated indices add up), along any axis
+    (the other axes may be dynamic): the index axes of R_y are flattened into one, then moved back; an embedding
     lookup sends the rows' relevance, summed over each row, to its token ids."""
     if is_embedding(view):
         return emit_embedding(b, view, rule, R)
@@ -238,11 +229,23 @@ def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     rank = len(shape)
     axis = view.attr("axis", 0) % rank
     indices = view.const(view.inputs[1]).astype(np.int64)
-    rest = _static_dims(view, x, range(axis + 1, rank), "Gather moves relevance back along it")[axis + 1:]
-    R_flat = b.op("Reshape", [R[0], b.ints([0] * axis + [indices.size] + [int(d) for d in rest])], "R_flat")
+    flat = (np.where(indices < 0, indices + shape[axis], indices) if shape[axis] is not None else indices).reshape(-1)
+    if indices.ndim == 1:
+        R_flat = R[0]
+    elif indices.ndim == 0:
+        R_flat = b.unsqueeze(R[0], [axis], "R_flat")
+    else:
+        rest = shape[axis + 1:]
+        if all(d is not None for d in rest):
+            target = b.ints([0] * axis + [flat.size] + [int(d) for d in rest])
+        else:  # copy the dims after the index axes from R_y itself
+            r_shape = b.op("Shape", [R[0]], "R_shape")
+            tail = b.op("Slice", [r_shape, b.ints([axis + indices.ndim]), b.ints([rank - 1 + indices.ndim])],
+                        "R_tail")
+            target = b.op("Concat", [b.ints([0] * axis + [flat.size]), tail], "R_target", axis=0)
+        R_flat = b.op("Reshape", [R[0], target], "R_flat")
     if shape[axis] is None:  # an axis of run-time length (the sequence): a one-hot matrix built at run time
-        return Emitted([_gather_back_dynamic(b, x, R_flat, axis, rank, indices.reshape(-1)), None])
-    flat = np.where(indices < 0, indices + shape[axis], indices).reshape(-1)
+        return Emitted([_gather_back_dynamic(b, x, R_flat, axis, rank, flat), None])
     return Emitted([move_back(b, R_flat, axis, rank, flat, shape[axis]), None])
 
 
@@ -326,7 +329,7 @@ def _check_resize(view: NodeView) -> Optional[str]:
         return "keep_aspect_ratio_policy other than 'stretch' is not supported"
     scales = _scales_input(view)
     if scales and view.const(scales) is None:
-        return f"its scales {scales!r} are not a constant (sizes may be computed)"
+        return view.not_constant("its scales", scales)
     x, y = view.shape(view.inputs[0]), resize_output_shape(view)
     for name, shape in ((view.inputs[0], x), (view.outputs[0], y)):
         if shape is None or any(d is None for d in shape[1:]):
@@ -461,3 +464,87 @@ def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
         split = b.op("Reshape", [back, b.ints([0] + block_shape, "blocks")], "R_blocks")
         back = b.reduce("ReduceSum", split, block_axes, keepdims=False, hint="R_x")
     return Emitted([back] + [None] * (len(view.inputs) - 1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tile, GatherND
+def _check_tile(view: NodeView) -> Optional[str]:
+    """Tile: constant repeats, the batch axis not repeated, static sizes where it repeats (one unknown size kept)."""
+    x, repeats = view.inputs[0], view.inputs[1]
+    if view.const(repeats) is None:
+        return view.not_constant("its repeats", repeats)
+    shape = view.shape(x)
+    if shape is None:
+        return f"the rank of its input {x!r} is not known at compile time"
+    reps = view.const(repeats).reshape(-1).tolist()
+    batch = view.index.batch_axis(x)
+    if batch is not None and reps[batch] != 1:
+        return f"it repeats the batch axis {batch} of {x!r} (relevance would mix samples)"
+    unknown = [a for a, d in enumerate(shape) if d is None]
+    if any(reps[a] != 1 for a in unknown) or len(unknown) > 1:
+        return f"axis {unknown[-1]} of its input {x!r} is not known at compile time"
+    return None
+
+
+@register("Tile", group="shape", rules=(Pass,), check=_check_tile)
+def emit_tile(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x = the sum of R_y over the copies: each repeated axis of size r * d is split into (r, d) and the r
+    copies are summed (the transpose of copying)."""
+    x = view.inputs[0]
+    shape = view.shape(x)
+    reps = [int(r) for r in view.const(view.inputs[1]).reshape(-1)]
+    target, copies = [], []
+    for axis, (d, r) in enumerate(zip(shape, reps)):
+        if r != 1:
+            copies.append(len(target))
+            target.append(r)
+        target.append(-1 if d is None else int(d))
+    if not copies:
+        return Emitted([R[0], None])
+    split = b.op("Reshape", [R[0], b.ints(target, "tiles")], "R_tiles")
+    return Emitted([b.reduce("ReduceSum", split, copies, keepdims=False, hint="R_x"), None])
+
+
+def _check_gather_nd(view: NodeView) -> Optional[str]:
+    """GatherND: constant indices, static batch and indexed axes, not indexing the batch axis itself."""
+    x, indices = view.inputs[0], view.inputs[1]
+    if view.const(indices) is None:
+        return view.not_constant("its indices", indices)
+    shape = view.shape(x)
+    if shape is None:
+        return f"the rank of its input {x!r} is not known at compile time"
+    batch_dims = view.attr("batch_dims", 0)
+    depth = view.const(indices).shape[-1]
+    if batch_dims == 0 and view.index.batch_axis(x) == 0:
+        return f"it indexes the batch axis 0 of {x!r} (batch_dims=0: relevance would mix samples)"
+    unknown = [a for a in range(batch_dims + depth) if shape[a] is None]
+    if unknown:
+        return f"axis {unknown[0]} of its input {x!r} is not known at compile time"
+    if sum(d is None for d in shape[batch_dims + depth:]) > 1:
+        return f"more than one axis of {x!r} after the indexed ones is unknown at compile time"
+    return None
+
+
+@register("GatherND", group="shape", rules=(Pass,), check=_check_gather_nd)
+def emit_gather_nd(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """R_x = J^T R_y with J the selection: per batch entry B, R_x[B, p, ...] = sum over the gathered slices m with
+    position p of R_y[B, m, ...] (repeated positions add up), as one batched MatMul with a one-hot (B, P, M) matrix
+    built at compile time."""
+    x = view.inputs[0]
+    shape = view.shape(x)
+    indices = view.const(view.inputs[1]).astype(np.int64)
+    batch_dims = view.attr("batch_dims", 0)
+    depth = indices.shape[-1]
+    lead = [int(d) for d in shape[:batch_dims]]
+    indexed = [int(d) for d in shape[batch_dims: batch_dims + depth]]
+    n_batch, n_pos = int(np.prod(lead)), int(np.prod(indexed))
+    picks = indices.reshape(n_batch, -1, depth)  # (B, M, depth)
+    positions = np.ravel_multi_index(tuple(np.mod(picks[..., k], indexed[k]) for k in range(depth)), indexed)
+    one_hot = np.zeros((n_batch, n_pos, picks.shape[1]))
+    for batch in range(n_batch):
+        np.add.at(one_hot[batch], (positions[batch], np.arange(picks.shape[1])), 1.0)
+    rest = shape[batch_dims + depth:]
+    rest_size = -1 if any(d is None for d in rest) else int(np.prod([int(d) for d in rest]))
+    R_rows = b.op("Reshape", [R[0], b.ints([n_batch, picks.shape[1], rest_size])], "R_rows")
+    back = b.op("MatMul", [b.const(one_hot, hint="gather_nd_T"), R_rows], "R_back")
+    return Emitted([b.op("Reshape", [back, b.op("Shape", [x], "x_shape")], "R_x"), None])
