@@ -22,14 +22,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import _install_torchvision_stub  # noqa: E402  (timm imports torchvision: a stand-in module)
-from transformer_zoo_models import ZOO, export_zoo  # noqa: E402
+from transformer_zoo_models import LEGACY_STATIC, ZOO, export_zoo  # noqa: E402
 
 
 def run_one(name: str, exporter: str, composite: str, folder: Path) -> dict:
     """Export, compile, explain one model; the row of the table."""
     import onnx
     import onnxlrp
-    row = {"model": name, "exporter": exporter}
+    row = {"model": name, "exporter": exporter + (" (static)" if exporter == "legacy" and name in LEGACY_STATIC
+                                                  else "")}
     try:
         t = time.perf_counter()
         path, inputs = export_zoo(name, folder / f"{name}_{exporter}.onnx", exporter == "dynamo")
