@@ -18,8 +18,9 @@ $(STAMP_RUN): pyproject.toml | $(PY)
 
 $(STAMP_TEST): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q -c constraints.txt -e '.[test]'
-	# zennit asks for torch and torchvision unpinned: install it alone, the constraints keep torch at the local CPU build
-	$(PIP) install -q --no-deps zennit==0.5.1
+	# zennit, lxt and timm ask for torch and torchvision unpinned (lxt also for bitsandbytes, open_clip...): install them
+	# alone, the constraints keep torch at the local CPU build; tests/conftest.py stands in for torchvision
+	$(PIP) install -q --no-deps zennit==0.5.1 lxt==2.1 timm==1.0.31
 	touch $@ $(STAMP_RUN)
 
 demo: $(STAMP_RUN)
