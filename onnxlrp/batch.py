@@ -84,43 +84,51 @@ def _prod(dims) -> Optional[int]:
 
 def _copies_batch(index: GraphIndex, node: onnx.NodeProto, k: int, layouts: dict, depth: int = 0) -> bool:
     """True when entry k of a Reshape's target shape is 0 (copy) or the batch size read off a value whose axis
-    holds the batch alone (Gather(Shape(v), axis), as the legacy exporter writes x.view(x.size(0), ...))."""
+    holds the batch alone (Gather / Slice of Shape(v), as the legacy exporter writes x.view(x.size(0), ...) and
+    x.flatten(2))."""
     target = node.input[1] if node.op_type == "Reshape" and len(node.input) > 1 else ""
     const = index.constants.get(target)
     if const is not None:
         flat = const.reshape(-1)
         return k < flat.size and int(flat[k]) == 0
     producer = index.producer.get(target)
-    if producer is None or producer.op_type != "Concat":
-        return False
+    parts = list(producer.input) if producer is not None and producer.op_type == "Concat" else [target]
     offset = 0
-    for part in producer.input:  # find the Concat input that holds entry k
+    for part in parts:  # find the Concat input that holds entry k
         shape = _shape(index, part)
         size = shape[0] if shape and len(shape) == 1 else None
         if size is None:
             return False
         if offset + size > k:
-            return size == 1 and _is_batch_size(index, part, layouts, 0)
+            return _is_batch_size(index, part, k - offset, layouts, 0)
         offset += size
     return False
 
 
-def _is_batch_size(index: GraphIndex, name: str, layouts: dict, depth: int) -> bool:
-    """True when a one-element int value is Shape(v)[k] for a value v whose axis k holds the batch alone."""
+def _is_batch_size(index: GraphIndex, name: str, entry: int, layouts: dict, depth: int) -> bool:
+    """True when entry `entry` of an int value is Shape(v)[a] for a value v whose axis a holds the batch alone."""
     node = index.producer.get(name)
     if node is None or depth > 6:
         return False
     if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
-        return _is_batch_size(index, node.input[0], layouts, depth + 1)
+        return _is_batch_size(index, node.input[0], entry, layouts, depth + 1)
+    if node.op_type == "Shape":
+        layout = layouts.get(node.input[0])
+        start = _attr(node, "start", 0)
+        return layout is not None and not layout.merged and start >= 0 and start + entry == layout.axis
     if node.op_type in ("Gather", "Slice"):
         source = index.producer.get(node.input[0])
         if source is None or source.op_type != "Shape" or _attr(source, "start", 0):
             return False
-        where = index.constants.get(node.input[1])
-        if where is None or where.size != 1:
-            return False
         layout = layouts.get(source.input[0])
-        return layout is not None and not layout.merged and int(where.reshape(-1)[0]) == layout.axis
+        where = index.constants.get(node.input[1])
+        if layout is None or layout.merged or where is None or where.size != 1:
+            return False
+        first = int(where.reshape(-1)[0])
+        if node.op_type == "Gather":
+            return entry == 0 and first == layout.axis
+        steps = index.constants.get(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        return (steps is None or int(steps.reshape(-1)[0]) == 1) and first >= 0 and first + entry == layout.axis
     return False
 
 
@@ -135,22 +143,19 @@ def _reshape(index: GraphIndex, node: onnx.NodeProto, layout: Layout, batch: Opt
         return None
     k = layout.axis
     before, after = _prod(x[:k]), _prod(x[k + 1:])
-    if before is not None and after is not None and layout.inner is not None and all(d is not None for d in y):
-        P, S = before * layout.outer, after * layout.inner
-        cum = 1
-        for j, size in enumerate(y):
-            if P % cum:
-                return None
-            if cum * size > P:
-                rest = _prod(y[j + 1:])
-                if S % rest:
-                    return None
-                outer, inner = P // cum, S // rest
-                if batch is not None and size != outer * batch * inner:
-                    return None
-                return Layout(j, outer, inner)
-            cum *= size
-        return None
+    if before is not None and after is not None and layout.inner is not None:
+        P, S = before * layout.outer, after * layout.inner  # elements before / per step of the batch digit
+        for j in range(len(y)):
+            pre, suf = _prod(y[:j]), _prod(y[j + 1:])
+            if pre is None or suf is None or P % pre or S % suf:
+                continue
+            outer, inner = P // pre, S // suf
+            size = y[j]
+            if size is not None and (size % (outer * inner) or (batch is not None and size != outer * batch * inner)):
+                continue
+            return Layout(j, outer, inner)
+        if all(d is not None for d in y):
+            return None
     if layout.outer != 1:
         return None
     # unknown sizes: the leading axes before the batch must be carried over one by one

@@ -230,12 +230,11 @@ class GraphBuilder:
 
         With eps = 0 (LRP-0) a unit with z == 0 exactly cannot pass relevance on: s = 0 there and its whole
         relevance is returned as the share taken, so that conservation still balances."""
-        if eps == 0.0:
+        if eps == 0.0:  # s = R / inf = 0 where z == 0 (R is finite: the seed is scaled to one)
             is_zero = self.op("Equal", [z, self.const(0.0)], "z_is_zero")
-            den = self.op("Where", [is_zero, self.const(1.0), z], "den")
-            kept = self.op("Where", [is_zero, self.const(0.0), R], "R_kept")
+            den = self.op("Where", [is_zero, self.const(np.inf), z], "den")
             dropped = self.op("Where", [is_zero, R, self.const(0.0)], "R_dropped")
-            return self.op("Div", [kept, den], "s"), dropped
+            return self.op("Div", [R, den], "s"), dropped
         den, shift = self.stabilize(z, eps)
         s = self.op("Div", [R, den], "s")
         return s, self.op("Mul", [s, shift], "stab")

@@ -139,6 +139,9 @@ class Explainer:
             meta = compiled_metadata(proto)
         else:  # a compiled model: an option that needs a new compilation is refused, not ignored
             refuse_other_options(meta, composite, params, output, init)
+            if sequence is not None and bool(sequence) != bool(meta.get("position_input")):
+                raise OnnxLrpError(f"this model is already compiled with sequence={not sequence}: "
+                                   f"sequence={sequence} needs a new compilation (explain the original model)")
         self.model = proto
         self.meta = meta
         options = session_options or ort.SessionOptions()

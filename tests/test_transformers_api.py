@@ -88,3 +88,16 @@ def test_onnxruntime_optimized_transformer_is_refused(exports, tmp_path):
                               "as exported, before onnxruntime's transformer optimizations")
     assert "Attention x2" in message and "SkipLayerNormalization x4" in message
     assert "\n" not in message
+
+
+def test_profile_balances_at_every_layer(exports):
+    """The conservation profile of a legacy GPT-2 (its Conv1D works on (N * T, H) rows, its attention on
+    (N, heads, T, d)): at every tensor, relevance + beside + absorbed + stabilizer equals the total per sample."""
+    from onnxlrp.tables import profile
+    case = CASES["gpt2"]
+    exp = onnxlrp.Explainer(exports("gpt2", "legacy"), "attnlrp", node_relevance="sums").explain(
+        case.inputs, target=case.targets)
+    rows = profile(exp)
+    assert len(rows) > 50
+    assert max(float(r.relative_error.max()) for r in rows) < 1e-4
+    assert {"Softmax", "LayerNormalization", "Gemm"} <= {r.op for r in rows}

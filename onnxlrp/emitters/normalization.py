@@ -94,7 +94,8 @@ def emit_layer_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emi
     s, share = b.normalize(R[0], y, _eps(rule))
     w = _param(view, 1, rank, 0)
     g = b.op("Mul", [s, b.const(w, hint="gamma")], "g") if w is not None else s
-    inv = _inv_std(b, x, axes, float(view.attr("epsilon", 1e-5)))
+    stats = view.outputs[2] if len(view.outputs) > 2 and view.outputs[2] else ""  # see layer_norm_statistics
+    inv = stats or _inv_std(b, x, axes, float(view.attr("epsilon", 1e-5)))
     R_x = _centred_backward(b, x, g, axes, inv)
     R_b = _bias_row(b, s, _param(view, 2, rank, 0), rank, axes)
     return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, _stab(b, share, rank))
