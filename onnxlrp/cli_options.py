@@ -123,8 +123,45 @@ def model_argument(fn):
     return click.argument("model", type=click.Path())(fn)
 
 
+def _remember(key: str):
+    """An option callback that keeps the value in the click context (read by the helpers below), so that commands
+    need no parameter for it."""
+    def store(ctx: click.Context, param, value):
+        ctx.meta[key] = value
+        return value
+    return store
+
+
+max_constant_option = click.option(
+    "--max-constant-mb", type=click.FloatRange(min=0, min_open=True), default=None, expose_value=False,
+    callback=_remember("onnxlrp.max_constant_mb"), metavar="MB",
+    help="Compile budget: the largest constant built from the model's declared shapes [default: 256]; a node "
+         "beyond it is refused in one line.")
+max_input_option = click.option(
+    "--max-input-mb", type=click.FloatRange(min=0, min_open=True), default=None, expose_value=False,
+    callback=_remember("onnxlrp.max_input_mb"), metavar="MB",
+    help="Input budget: the arrays of an .npy/.npz --input together, as their headers declare, checked before "
+         "they are read [default: 1024].")
+
+
+def constant_budget() -> Optional[int]:
+    """--max-constant-mb in bytes, None for the default."""
+    value = click.get_current_context().meta.get("onnxlrp.max_constant_mb")
+    return None if value is None else max(1, int(value * 2 ** 20))
+
+
+def input_budget() -> int:
+    """--max-input-mb in bytes (MAX_INPUT_BYTES by default)."""
+    from .inputs import MAX_INPUT_BYTES
+    value = click.get_current_context().meta.get("onnxlrp.max_input_mb")
+    return MAX_INPUT_BYTES if value is None else max(1, int(value * 2 ** 20))
+
+
 def input_options(fn):
-    """--input / -i FILE: the batch to explain, --key: which arrays of an .npz file, and the image options."""
+    """--input / -i FILE: the batch to explain, --key: which arrays of an .npz file, the input budget, the image
+    options and the compile budget (commands that read an input compile the model too)."""
+    fn = max_constant_option(fn)
+    fn = max_input_option(fn)
     fn = image_options(fn)
     fn = click.option("--key", "keys", multiple=True, metavar="NAME|INPUT=NAME",
                       help=".npz input: the array to explain (NAME), or the array for each model input "
@@ -172,7 +209,77 @@ def read_inputs(explainer, input_file: str, keys: Sequence[str], size: Optional[
     shape = explainer.inputs[0].shape if len(explainer.inputs) == 1 else []
     options = options_for_shape(shape, parse_size(size), parse_floats(mean, "--mean"), parse_floats(std, "--std"))
     notes: list = []
-    inputs = load_inputs(input_file, names, image=options, keys=parse_keys(keys, names), notes=notes)
+    inputs = load_inputs(input_file, names, image=options, keys=parse_keys(keys, names), notes=notes,
+                         max_bytes=input_budget())
     for message in notes:
         note(message)
     return inputs
+def shape_option(fn):
+    """--shape: compile the model for one input size (its dynamic dims fixed)."""
+    return click.option("--shape", "shapes", multiple=True, metavar="[NAME=]D0,D1,...",
+                        help="Compile for this input size (repeatable, one per input; -1 keeps an axis dynamic), "
+                             "for ops that need a static size.")(fn)
+
+
+def parse_model_shapes(model: str, values: Sequence[str]) -> Optional[dict]:
+    """--shape values into {input name: dims} for the model's inputs (-1 keeps an axis dynamic)."""
+    if not values:
+        return None
+    from .graph import load_model
+    from .specialise import graph_input_names
+    names = graph_input_names(load_model(model))
+    shapes = {}
+    for item in values:
+        name, _, dims = item.rpartition("=")
+        if not name:
+            if len(names) != 1:
+                raise OnnxLrpError(f"the model has {len(names)} inputs ({', '.join(names)}): use --shape NAME=DIMS")
+            name = names[0]
+        shapes[name] = parse_ints(dims, "--shape")
+    return shapes
+
+
+def parse_ints(text: str, option: str, count: Optional[int] = None) -> list:
+    """Comma-separated ints of an option ('1,3,48,192'), `count` of them when given."""
+    try:
+        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise OnnxLrpError(f"{option} expects comma-separated integers, got {text!r}") from None
+    if not values or (count is not None and len(values) != count):
+        raise OnnxLrpError(f"{option} expects {count or 'some'} comma-separated integers, got {text!r}")
+    return values
+
+
+def mask_options(fn):
+    """--region, --channel, --anchor, --mask: explain the sum of a dense output over a mask (see targets.py)."""
+    fn = click.option("--mask", "mask_file", default=None, type=click.Path(dir_okay=False),
+                      help="Explain sum(M * output) for the mask M in this .npy (shaped like the explained output, "
+                           "or without its batch axis).")(fn)
+    fn = click.option("--anchor", default=None, metavar="A,C",
+                      help="Explain entry C of anchor A of a detection output (N, C, A) or (N, A, C); YOLOv8's "
+                           "class k is entry 4 + k.")(fn)
+    fn = click.option("--channel", default=None, type=int,
+                      help="Explain the sum of one channel (axis 1) of the output (with --region: over it).")(fn)
+    fn = click.option("--region", default=None, metavar="Y0,Y1,X0,X1",
+                      help="Explain the sum of the output map over rows Y0..Y1-1 and columns X0..X1-1.")(fn)
+    return fn
+
+
+def mask_arguments(region: Optional[str], channel: Optional[int], anchor: Optional[str],
+                   mask_file: Optional[str]) -> dict:
+    """The explain() keyword arguments of the mask options."""
+    arguments: dict = {}
+    if region is not None:
+        arguments["region"] = parse_ints(region, "--region", 4)
+    if channel is not None:
+        arguments["channel"] = channel
+    if anchor is not None:
+        arguments["anchor"] = tuple(parse_ints(anchor, "--anchor", 2))
+    if mask_file is not None:
+        import numpy as np
+        try:
+            arguments["target_mask"] = np.load(mask_file, allow_pickle=False)
+        except Exception as exc:
+            raise OnnxLrpError(f"cannot read the --mask file {mask_file} (a .npy array): "
+                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return arguments

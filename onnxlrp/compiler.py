@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -12,15 +13,20 @@ from onnx import helper
 
 from . import __version__
 from .batch import DEFAULT as DEFAULT_LAYOUT, batch_layouts
-from .builder import GraphBuilder
+from .builder import DEFAULT_MAX_CONSTANT_BYTES, GraphBuilder
 from .canonicalize import canonicalize, explained_tensor
 from .composites import Composite, load_composite
 from .emitters import NodeView, accepted_rules, lookup
-from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, UnsupportedModelError
+from .errors import (ArgumentError, ArgumentTypeError, CompileError, ModelLoadError, NodeProblem, OnnxLrpError,
+                     UnsupportedModelError)
 from .fold import fold_constants
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
 from .prune import prune_unused
+from .recurrent import RECURRENT_OPS, unroll_problem
 from .shapes import annotate_shapes, check_model
+from .trust import CONSERVATION_KEY, DIGEST_KEY, graph_digest, parse_metadata
+from .targets import MASK_INPUT, mask_input_info, masked_seed
+from .specialise import NeedsStaticSize, StaticSizeError, specialise, static_size_hint
 
 METADATA_KEY = "onnxlrp"
 # graph outputs that carry forward values or the seed, not relevance: _unscale_outputs leaves them alone
@@ -48,6 +54,12 @@ DOMAIN_HINTS = {
                      "before onnxruntime's optimisations",
 }
 CUSTOM_DOMAIN_HINT = "custom ops cannot be explained: export with standard ONNX ops"
+ML_DOMAINS = ("ai.onnx.ml",)
+ML_REASON = "no relevance rule for this classical-ML op (Scaler, LinearRegressor and LinearClassifier have one)"
+ML_REASONS = {
+    "Normalizer": "it divides each row by its own norm, which is not a linear map: no linear LRP rule applies "
+                  "(explain the estimator on normalised features, without the Normalizer)",
+}
 
 
 # ops that carry token ids unchanged from an int graph input to an embedding Gather
@@ -240,11 +252,11 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
         # views see the relevance path before pruning: a gate's branch is still "data" the node computes at run time
         view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
         plan.views[node.name] = view
-        problem = _support_problem(node, view, index)
+        problem = _support_problem(node, view, index, model)
         if problem is not None:
             found[node.name] = problem
             continue
-        spec = lookup(node.op_type)
+        spec = lookup(node.op_type, node.domain)
         plan.specs[node.name] = spec
         assignable.append((node.op_type, spec.group(view), node.name))
     first = {name: rule for name, (rule, _) in composite.assign(assignable).items()}
@@ -271,20 +283,29 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     return plan
 
 
-def _support_problem(node: onnx.NodeProto, view: NodeView, index: GraphIndex) -> Optional[NodeProblem]:
-    """Why a node cannot be explained (custom domain, NaN weights, no emitter, its emitter's check), or None."""
-    if node.domain not in ("", "ai.onnx"):
+def _support_problem(node: onnx.NodeProto, view: NodeView, index: GraphIndex,
+                     model: onnx.ModelProto) -> Optional[NodeProblem]:
+    """Why a node cannot be explained (a classical-ML op without a rule, a custom domain, NaN weights, a recurrent
+    op left in place, no emitter, its emitter's check), or None."""
+    spec = lookup(node.op_type, node.domain)
+    if spec is None and node.domain in ML_DOMAINS:
+        return NodeProblem(node.op_type, node.name, ML_REASONS.get(node.op_type, ML_REASON))
+    if spec is None and node.domain not in ("", "ai.onnx"):
         return NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}",
                            DOMAIN_HINTS.get(node.domain, CUSTOM_DOMAIN_HINT))
     broken = [i for i in node.input if _non_finite(index.constants.get(i))]
     if broken:  # NaN/Inf weights make every relevance NaN: refuse them instead of explaining garbage
         return NodeProblem(node.op_type, node.name, f"its constant input {broken[0]!r} holds NaN or Inf",
                            "the model file is corrupt or its training diverged")
-    spec = lookup(node.op_type)
+    if spec is None and node.op_type in RECURRENT_OPS:  # left in place by canonicalisation: say why
+        return NodeProblem(node.op_type, node.name, unroll_problem(node, index) or "it was not unrolled")
     if spec is None:
         return NodeProblem(node.op_type, node.name, "no relevance rule for this op", HINTS.get(node.op_type, ""))
     reason = spec.check(view) if spec.check else None
-    return NodeProblem(node.op_type, node.name, reason) if reason else None
+    if not reason:
+        return None
+    hint = static_size_hint(model) if isinstance(reason, NeedsStaticSize) else ""
+    return NodeProblem(node.op_type, node.name, reason, hint)
 
 
 def is_sequence(plan: "Plan", sequence: Optional[bool]) -> bool:
@@ -314,9 +335,56 @@ def _at_position(b: GraphBuilder, explained: str) -> tuple:
     return row, mask
 
 
-def _seed(b: GraphBuilder, explained: str, init: str, sequence: bool = False) -> tuple:
-    """Initial relevance: the explained value at the target (logit) or one-hot (one), divided by its magnitude;
-    for a sequence output (N, T, C) at position lrp_position only; returns (unit seed, total, (N,) scale, logits)."""
+def _layout(info) -> str:
+    """A value's declared layout: '(N, 10)', with symbolic dims by name and unknown ones as '?'."""
+    symbols = info.symbols or (None,) * len(info.shape)
+    return "(" + ", ".join(str(d) if d is not None else (s or "?") for d, s in zip(info.shape, symbols)) + ")"
+
+
+def check_batch_first(index: GraphIndex, out_name: str, explained: str) -> None:
+    """Refuse an explained output whose first axis is provably not the inputs' batch axis, or that has no class
+    axis to speak of (a scalar, zero classes). Rows of the explained value are taken as samples; an output laid
+    out (classes, N) would mix them (with as many samples as classes nothing else would notice). Where the
+    declared shapes cannot tell, the runtime checks that the first axis has the batch's size."""
+    info = index.info(explained)
+    if info is None or info.shape is None:
+        return
+    what = repr(out_name) if explained == out_name else f"{out_name!r} (explained at {explained!r})"
+    if len(info.shape) == 0:
+        raise OnnxLrpError(f"output {what} is a scalar: it has no batch axis, nothing to explain per sample")
+    if any(d == 0 for d in info.shape[1:]):
+        raise OnnxLrpError(f"output {what} has no classes (declared {_layout(info)}): nothing to explain")
+    batches = [(name, index.info(name)) for name in index.graph_inputs]
+    batches = [(name, i) for name, i in batches if i is not None and i.shape]
+    symbols = {i.symbols[0] for _, i in batches if i.symbols and i.symbols[0]}
+    sizes = {i.shape[0] for _, i in batches if i.shape[0] is not None}
+    if not batches:
+        return
+    first_name, first = batches[0]
+    hint = (f"the inputs' batch axis is the first axis of {first_name!r} {_layout(first)}; explain a batch-first "
+            f"output (transpose it in the model) or another output (--output)")
+    own = info.symbols or (None,) * len(info.shape)
+    for axis, symbol in enumerate(own[1:], start=1):
+        if symbol is not None and symbol in symbols and symbol != own[0]:
+            raise OnnxLrpError(f"output {what} is laid out {_layout(info)}: its batch axis {symbol!r} is axis {axis}, "
+                               f"not the first; {hint}")
+    d0 = info.shape[0]
+    if d0 is None:
+        return
+    if sizes and not symbols and d0 not in sizes:
+        raise OnnxLrpError(f"output {what} is laid out {_layout(info)}: its first axis ({d0}) is not the batch axis "
+                           f"({', '.join(map(str, sorted(sizes)))}); {hint}")
+    if symbols and not sizes and d0 > 1:
+        raise OnnxLrpError(f"output {what} is laid out {_layout(info)}: its first axis has the fixed size {d0} while "
+                           f"the batch axis is free; {hint} (a model that only runs with batches of {d0} should "
+                           f"declare its input so)")
+
+
+def _seed(b: GraphBuilder, explained: str, init: str, rank: Optional[int] = None, sequence: bool = False) -> tuple:
+    """Initial relevance: the explained value at the target (logit) or one-hot (one), or the target mask times the
+    explained value (or the mask), divided by its magnitude; for a sequence output (N, T, C) at position
+    lrp_position only (targets and masks then refer to that (N, C) row); returns (unit seed, total, (N,) scale,
+    logits)."""
     logits, mask = _at_position(b, explained) if sequence else (explained, None)
     flat = b.op("Reshape", [logits, b.ints([0, -1])], "y_flat")
     target = TARGET_INPUT
@@ -328,6 +396,7 @@ def _seed(b: GraphBuilder, explained: str, init: str, sequence: bool = False) ->
     is_target = b.op("Equal", [b.unsqueeze(chosen, [1], "target_col"), classes], "is_target")
     value = flat if init == "logit" else b.const(1.0)
     seed_flat = b.op("Where", [is_target, value, b.const(0.0)], "seed_flat")
+    seed_flat = masked_seed(b, logits, value, seed_flat, 2 if sequence else rank)  # lrp_target_mask, if given
     total = b.reduce("ReduceSum", seed_flat, [1], keepdims=False, hint="total")
     # Relevance is linear in the seed (every rule maps R linearly for a fixed forward pass), so the backward pass
     # runs on a unit seed, seed / |total| per sample, and _unscale_outputs multiplies every relevance output back.
@@ -370,29 +439,44 @@ def _blame_inconsistent_models(fn):
 @_blame_inconsistent_models
 def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Composite] = "epsilon_plus", *,
             params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
-            node_relevance: Union[None, str, Sequence[str]] = None, sequence: Optional[bool] = None
-            ) -> onnx.ModelProto:
+            node_relevance: Union[None, str, Sequence[str]] = None,
+            max_constant_bytes: Optional[int] = None,
+            shapes: Optional[Mapping[str, Sequence[Optional[int]]]] = None,
+            sequence: Optional[bool] = None) -> onnx.ModelProto:
     """Compile a model into one graph computing its outputs plus the LRP relevance of every float input (and of
-    token ids), the bias relevance of every biased node, the stabilizer share and the total (seed) per sample.
+    token ids), the bias relevance of every biased node, the stabilizer share and the total (seed) per sample. The compiled
+    graph accepts every input size the model accepts; `shapes` ({input: dims}, -1 for an axis left dynamic)
+    specialises it to one size first.
+
+    max_constant_bytes (default 256 MiB) bounds every constant the compiler builds from declared dimensions (a
+    Gather on an axis declared 10^9 long, a Resize of a huge image): beyond it the node is refused in one line.
     sequence: explain one position of an (N, T, C) output (lrp_position); None decides (see is_sequence)."""
-    if init not in ("logit", "one"):
-        raise OnnxLrpError(f"init must be 'logit' or 'one', got {init!r}")
+    node_relevance = check_compile_arguments(model, composite, params, output, init, node_relevance,
+                                             max_constant_bytes)
+    from .gradient import compile_gradient, is_gradient
+    if is_gradient(composite):  # gradient x input: a VJP backward pass instead of relevance rules (gradient.py)
+        return compile_gradient(model, params=params, output=output, init=init, node_relevance=node_relevance)
     source = load_model(model)
     if METADATA_KEY in {p.key for p in source.metadata_props}:
         raise OnnxLrpError("this model is already compiled by onnxlrp; compile the original model instead")
+    specialise(source, shapes)
     comp = load_composite(composite, params)
+    check_reserved_names(source)
     canon = canonicalize(fold_constants(source))
     plan = plan_model(canon, comp, output)
     index = plan.index
+    check_batch_first(index, plan.output, plan.explained)
     explained_info = index.info(plan.explained)
     if explained_info is None:
         raise OnnxLrpError(f"the type of the explained value {plan.explained!r} is unknown")
     dtype = working_dtype(explained_info.elem_type)
-    b = GraphBuilder(canon, opset_version(canon), dtype)
+    b = GraphBuilder(canon, opset_version(canon), dtype,
+                     DEFAULT_MAX_CONSTANT_BYTES if max_constant_bytes is None else max_constant_bytes)
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     b.foreign = {name for name, info in index.infos.items() if info.is_float and info.elem_type != elem}
     sequence = is_sequence(plan, sequence)
-    seed, total, plan.seed_scale, logits = _seed(b, plan.explained, init, sequence)
+    explained_rank = len(explained_info.shape) if explained_info.shape is not None else None
+    seed, total, plan.seed_scale, logits = _seed(b, plan.explained, init, explained_rank, sequence)
     plan.logits = logits
     contributions: dict = {plan.explained: [seed]}
     bias_values, stab_values = {}, []
@@ -412,8 +496,10 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         b.scope = f"lrp/_/{node.name}"
         try:
             emitted = plan.specs[node.name].fn(b, plan.views[node.name], rule, outs)
-        except OnnxLrpError as exc:
-            raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}") from None
+        except OnnxLrpError as exc:  # a CompileBudgetError stays one, with the node named
+            kind = type(exc) if isinstance(exc, CompileError) else CompileError
+            hint = f" [{static_size_hint(source)}]" if isinstance(exc, StaticSizeError) else ""
+            raise kind(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}{hint}") from None
         except Exception as exc:  # an emitter bug must still name the node
             raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}) failed to compile: "
                                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
@@ -431,19 +517,24 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
 
 
 def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, relevance_of, total, comp, init,
-              node_relevance) -> onnx.ModelProto:
-    """Graph outputs, the target input, metadata: the finished augmented model."""
+              node_relevance, extra_outputs=(), extra_meta=None) -> onnx.ModelProto:
+    """Graph outputs, the target input, metadata: the finished augmented model (extra_outputs: value infos of
+    further outputs the caller's nodes write, extra_meta: further metadata entries)."""
     index = plan.index
     elem = helper.np_dtype_to_tensor_dtype(b.dtype)
     meta = {"version": __version__, "composite": comp.name, "params": comp.params, "init": init,
             "output": plan.output, "explained": plan.explained, "target_input": TARGET_INPUT,
             "position_input": POSITION_INPUT if plan.logits != plan.explained else None,
             "tokens": sorted(plan.tokens.inputs),
+            "target_mask_input": MASK_INPUT,
             "relevance": {}, "bias": {}, "stabilizer": "lrp/stabilizer", "total": "lrp/total",
             "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
             "rules": {name: rule.describe() for name, rule in plan.rules.items()},
             "graph": [[n.name, n.op_type, [i for i in n.input if i in plan.path],
-                       [o for o in n.output if o in plan.path]] for n in plan.nodes], "edges": {}}
+                       [o for o in n.output if o in plan.path]] for n in plan.nodes], "edges": {},
+            # the identity total = inputs + biases + stabilizer holds for every LRP graph; a mode that does not
+            # promise it (a gradient) sets this to False, and Explainer.explain then does not check it
+            CONSERVATION_KEY: True}
     outputs = []
     b.scope = "lrp/_"
     for name in index.graph_inputs:
@@ -478,6 +569,8 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
         logits_shape = (logits_shape[0], logits_shape[2])
     outputs.append(helper.make_tensor_value_info("lrp/output", elem, _dims(logits_shape)))
     _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outputs, elem)
+    outputs.extend(extra_outputs)
+    meta.update(extra_meta or {})
     _unscale_outputs(b, outputs, plan.seed_scale)
 
     model = onnx.ModelProto()
@@ -494,12 +587,16 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     if meta["position_input"]:  # optional: an initializer of the same name is its default, -1 (the last position)
         graph.input.append(helper.make_tensor_value_info(POSITION_INPUT, onnx.TensorProto.INT64, [None]))
         graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), POSITION_INPUT))
+    explained_shape = index.info(plan.explained).shape
+    mask_rank = 2 if meta["position_input"] else len(explained_shape) if explained_shape is not None else None
+    graph.input.append(mask_input_info(elem, mask_rank))
     graph.output.extend(outputs)
     model.ir_version = source.ir_version
     prune_unused(model)
     annotate_shapes(model)
     del model.metadata_props[:]
     model.metadata_props.extend(source.metadata_props)
+    meta[DIGEST_KEY] = graph_digest(model)  # the finished graph; Explainer recomputes it when it loads the file
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     try:
@@ -564,7 +661,9 @@ def _edge_sums(b, plan, meta, outputs, elem) -> None:
             rank = len(info.shape) if info is not None and info.shape is not None else None
             total = b.per_sample_sum(b.add_all(values, "R_edge"), "R_edge_sum", rank)
             b.layout = DEFAULT_LAYOUT
-            out = b.op_named("Identity", [total], f"lrp/edge/{node_name}/{name}")
+            # node 'a/b' reading 'c' and node 'a' reading 'b/c' would both be 'lrp/edge/a/b/c': the metadata maps
+            # (tensor, node) to the output, so a second one gets a suffix
+            out = b.op_named("Identity", [total], b.unused(f"lrp/edge/{node_name}/{name}"))
             meta["edges"][name][node_name] = out
             outputs.append(helper.make_tensor_value_info(out, elem, [None]))
 
@@ -624,9 +723,70 @@ def _dims(shape) -> list:
     return [d if isinstance(d, int) and d > 0 else None for d in shape]
 
 
-def compiled_metadata(model: onnx.ModelProto) -> Optional[dict]:
-    """The metadata onnxlrp wrote into a compiled model, None for a model it did not compile."""
+def compiled_metadata(model: onnx.ModelProto, where: str = "the model") -> Optional[dict]:
+    """The metadata onnxlrp wrote into a compiled model (validated: ModelLoadError if broken), None for a model it
+    did not compile."""
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
+            return parse_metadata(prop.value, model, where)
     return None
+
+
+RESERVED_OUTPUTS = ("lrp/stabilizer", "lrp/total", "lrp/output")
+RESERVED_PREFIXES = ("lrp/relevance/", "lrp/bias/", "lrp/sum/", "lrp/stab/", "lrp/edge/", "lrp/node/",
+                     "lrp/gradient/")
+
+
+def check_reserved_names(model: onnx.ModelProto) -> None:
+    """Refuse a model that already uses a name of the compiled interface: the target input, a fixed output or an
+    output prefix (the compiled graph could not name its own values)."""
+    values = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    values |= {t.name for t in model.graph.initializer}
+    values |= {o for node in model.graph.node for o in node.output}
+    for name, what in ((TARGET_INPUT, "the target class"), (MASK_INPUT, "the target mask")):
+        if name in values:
+            raise OnnxLrpError(f"the model already has a value named {name!r}, the input onnxlrp adds for {what}: "
+                               f"rename it in the model")
+    clash = next((v for v in sorted(values) if v in RESERVED_OUTPUTS or v.startswith(RESERVED_PREFIXES)), None)
+    if clash is not None:
+        raise OnnxLrpError(f"the model already has a value named {clash!r}; names 'lrp/total', 'lrp/stabilizer', "
+                           f"'lrp/output' and those beginning 'lrp/relevance/', 'lrp/bias/', ... are onnxlrp's "
+                           f"outputs: rename it in the model")
+
+
+def check_compile_arguments(model, composite, params, output, init, node_relevance, max_constant_bytes):
+    """Validate compile()'s arguments (ArgumentTypeError / ArgumentError naming the argument); returns
+    node_relevance normalised (None, 'sums', 'all' or a list of tensor names)."""
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise ArgumentTypeError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    if not isinstance(composite, (str, os.PathLike, Composite)):
+        raise ArgumentTypeError(f"composite must be a composite name, a path to a .toml or a Composite, got "
+                                f"{type(composite).__name__}")
+    if params is not None and not isinstance(params, dict):
+        raise ArgumentTypeError(f"params must be a dict name -> value, got {type(params).__name__}")
+    if params is not None and not all(isinstance(k, str) for k in params):
+        raise ArgumentTypeError("params must have string keys (parameter names)")
+    if output is not None and not isinstance(output, str):
+        raise ArgumentTypeError(f"output must be an output name (str) or None, got {type(output).__name__}")
+    if not isinstance(init, str):
+        raise ArgumentTypeError(f"init must be 'logit' or 'one', got {type(init).__name__}")
+    if init not in ("logit", "one"):
+        raise ArgumentError(f"init must be 'logit' or 'one', got {init!r}")
+    if max_constant_bytes is not None:
+        if isinstance(max_constant_bytes, bool) or not isinstance(max_constant_bytes, (int, np.integer)):
+            raise ArgumentTypeError(f"max_constant_bytes must be an int (bytes) or None, got "
+                                    f"{type(max_constant_bytes).__name__}")
+        if max_constant_bytes <= 0:
+            raise ArgumentError(f"max_constant_bytes must be positive, got {max_constant_bytes}")
+    if node_relevance is None or node_relevance in ("sums", "all"):
+        return node_relevance
+    if isinstance(node_relevance, str):
+        raise ArgumentError(f"node_relevance must be 'sums', 'all', None or a list of tensor names, got "
+                            f"{node_relevance!r} (a single tensor: pass [{node_relevance!r}])")
+    if isinstance(node_relevance, (bytes, dict)) or not hasattr(node_relevance, "__iter__"):
+        raise ArgumentTypeError(f"node_relevance must be 'sums', 'all', None or a list of tensor names, got "
+                                f"{type(node_relevance).__name__}")
+    names = list(node_relevance)
+    if not all(isinstance(n, str) for n in names):
+        raise ArgumentTypeError("node_relevance must list tensor names (strings)")
+    return names

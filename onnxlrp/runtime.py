@@ -14,9 +14,11 @@ import onnx
 
 from .compiled_options import refuse_other_options
 from .compiler import POSITION_INPUT, TARGET_INPUT, compile as compile_model, compiled_metadata
-from .errors import InputError, ModelLoadError, OnnxLrpError
+from .errors import ArgumentError, ArgumentTypeError, InputError, ModelLoadError, OnnxLrpError
 from .graph import ModelLike, inconsistency, load_model
 from .session_tuning import release_freed_memory, tune_options
+from .targets import MASK_INPUT, build_mask
+from .trust import CONSERVATION_KEY, check_conservation, verify_digest
 
 _PROBE_LOCK = threading.Lock()
 # onnxruntime 1.31's FastGeluFusion fuses x * 0.5 * (1 + tanh(...)) (GPT-2's GELU) into one node and drops the
@@ -110,6 +112,8 @@ class Explanation:
     rules: dict = field(default_factory=dict)           # node name -> rule description
     graph: list = field(default_factory=list)           # [(node, op type, relevance inputs, outputs)], graph order
     edges: dict = field(default_factory=dict)           # tensor -> {consumer node: (N,) relevance it sent back}
+    gradient: dict = field(default_factory=dict)        # gradient composite: input name -> df/dx (see gradient.py)
+    target_mask: Optional[np.ndarray] = None            # the mask M where one was given (then target is -1)
 
     def conservation(self) -> dict:
         """Per sample: inputs, biases, stabilizer, their sum, the total and the relative error."""
@@ -129,22 +133,39 @@ class Explainer:
     def __init__(self, model: Union[ModelLike, onnx.ModelProto], composite: Optional[str] = None, *,
                  params: Optional[dict] = None, output: Optional[str] = None, init: Optional[str] = None,
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
-                 session_options=None, sequence: Optional[bool] = None) -> None:
+                 session_options=None, shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                 max_constant_bytes: Optional[int] = None, threads: Optional[int] = None,
+                 sequence: Optional[bool] = None) -> None:
+        """session_options: an onnxruntime.SessionOptions used as given (thread pools, graph optimisation level,
+        profiling, ...); threads: onnxruntime's intra-op thread count (None: onnxruntime's default, one per core);
+        sequence: explain one position of an (N, T, C) output (None: decided by the compiler, see is_sequence)."""
         import onnxruntime as ort
+        _check_explainer_arguments(model, providers)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise OnnxLrpError(f"threads must be a positive integer, got {threads!r}")
         proto = source = load_model(model)
-        meta = compiled_metadata(proto)
+        where = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+        meta = compiled_metadata(proto, where)
         if meta is None:
             proto = compile_model(proto, composite or "epsilon_plus", params=params, output=output,
-                                  init=init or "logit", node_relevance=node_relevance, sequence=sequence)
+                                  init=init or "logit", node_relevance=node_relevance, shapes=shapes,
+                                  max_constant_bytes=max_constant_bytes, sequence=sequence)
             meta = compiled_metadata(proto)
         else:  # a compiled model: an option that needs a new compilation is refused, not ignored
             refuse_other_options(meta, composite, params, output, init)
+            if shapes:
+                raise OnnxLrpError("shapes= specialises a model while compiling it; this model is already compiled "
+                                   "(compile the original with shapes=, or pass the compiled one without it)")
             if sequence is not None and bool(sequence) != bool(meta.get("position_input")):
                 raise OnnxLrpError(f"this model is already compiled with sequence={not sequence}: "
                                    f"sequence={sequence} needs a new compilation (explain the original model)")
+            verify_digest(proto, meta, where)  # and a file edited after compilation is refused
         self.model = proto
         self.meta = meta
         options = session_options or ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
         options.log_severity_level = 4  # fatal only: a failing run raises (one error line), it need not log too
         tune_options(options, proto)
         # a compiled model given as a file: onnxruntime reads the file itself, and the proto is reloaded on demand
@@ -163,7 +184,8 @@ class Explainer:
         del proto, source
         release_freed_memory()
         self.provider = self.session.get_providers()[0]
-        self.inputs = [i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, POSITION_INPUT)]
+        self.inputs = [i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, MASK_INPUT, POSITION_INPUT)]
+        self._shapes: dict = {}  # input shapes -> explained output shape (see _output_shape)
         self._output_names = [o.name for o in self.session.get_outputs()]
 
     @property
@@ -226,43 +248,144 @@ class Explainer:
         return bool(self.meta.get("position_input"))
 
     def explain(self, inputs, target: Union[None, int, Sequence[int]] = None,
-                position: Union[None, int, Sequence[int]] = None) -> Explanation:
-        """Explain a batch: target None (argmax), one int for every sample, or N ints; for a sequence output
-        (N, T, C), position picks the explained position (one int or N ints, default -1: the last)."""
+                position: Union[None, int, Sequence[int]] = None, *, target_mask=None, region=None, channel=None,
+                anchor=None, check: bool = True) -> Explanation:
+        """Explain a batch: target None (argmax), one int for every sample, or N ints; or, for a dense output, the
+        sum of the output over a mask: target_mask (shaped like the explained output, or without its batch axis),
+        region=(y0, y1, x0, x1) and/or channel=k of a map, anchor=(anchor, class) (or one pair per sample) of a
+        detection tensor (N, C, A) or (N, A, C) (see targets.py). The explained quantity is sum(M * output).
+        With check (the default) the identity total = inputs + biases + stabilizer is verified for every sample
+        (ConservationError if it fails beyond rounding; the model's metadata may say that it promises none).
+        For a sequence output (N, T, C), position picks the explained position (one int or N ints, default -1: the
+        last); targets and masks then refer to the (N, C) logits at that position."""
+        if not isinstance(check, bool):
+            raise ArgumentTypeError(f"check must be True or False, got {type(check).__name__}")
+        classes = self._classes()
+        if classes == 0:
+            raise InputError(f"output {self.meta['output']!r} has no classes: nothing to explain")
         feeds, batch = self._feeds(inputs)
-        feeds[TARGET_INPUT] = self._targets(target, batch)
         if self.sequence:
             feeds[POSITION_INPUT] = self._positions(position, batch)
         elif position is not None:
             raise InputError(f"position applies to sequence outputs (N, T, C); output {self.meta['output']!r} is "
                              f"not one")
+        masked = any(v is not None for v in (target_mask, region, channel, anchor))
+        mask = None
+        if masked:
+            if target is not None:
+                raise InputError("target= and a mask (target_mask=, region=, channel=, anchor=) are exclusive")
+            mask = build_mask(self._output_shape(feeds, batch), self._mask_dtype(), target_mask, region, channel,
+                              anchor)
+            feeds[TARGET_INPUT] = np.full(batch, -1, dtype=np.int64)
+            feeds[MASK_INPUT] = mask
+        else:
+            feeds[TARGET_INPUT] = self._targets(target, batch)
         try:
             values = dict(zip(self._output_names, self.session.run(None, feeds)))
         except Exception as exc:
+            self._check_rows(self._forward_logits(feeds), batch)  # the seed cannot pick a target per sample
             raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
         if self.sequence:
             self._check_positions(feeds[POSITION_INPUT], values[self.meta["output"]])
         logits = values[self.meta["logits"]]
-        if logits.size == 0 or logits.size % batch or logits.shape[:1] != (batch,):
-            raise OnnxLrpError(f"output {self.meta['output']!r} has shape {logits.shape}, which is not one row per "
-                               f"sample of the batch of {batch}")
+        self._check_rows(logits, batch)
         flat = logits.reshape(batch, -1)
         _check_finite(values, self.meta, flat)
         if np.any(feeds[TARGET_INPUT] >= flat.shape[1]):
             bad = int(feeds[TARGET_INPUT].max())
             raise InputError(f"target {bad} is out of range: output {self.meta['output']!r} has {flat.shape[1]} classes")
         targets = np.where(feeds[TARGET_INPUT] < 0, flat.argmax(axis=1), feeds[TARGET_INPUT]).astype(np.int64)
+        if masked:
+            targets = np.full(batch, -1, dtype=np.int64)
+            mask = np.broadcast_to(mask, logits.shape)
         meta = self.meta
+        relevance = {k: values[v] for k, v in meta["relevance"].items()}
+        bias = {k: values[v] for k, v in meta["bias"].items()}
+        if check and meta.get(CONSERVATION_KEY, True):
+            check_conservation(values[meta["total"]], relevance, bias, values[meta["stabilizer"]])
         return Explanation(
-            output=logits, target=targets, total=values[meta["total"]],
-            relevance={k: values[v] for k, v in meta["relevance"].items()},
-            bias={k: values[v] for k, v in meta["bias"].items()},
+            output=logits, target=targets, total=values[meta["total"]], relevance=relevance, bias=bias,
             stabilizer=values[meta["stabilizer"]],
             nodes={**{k: values[v] for k, v in meta["nodes"].items()}, **{k: values[v] for k, v in meta["sums"].items()}},
             node_stabilizer={k: values[v] for k, v in meta["node_stabilizer"].items()},
             rules=dict(meta.get("rules", {})),
             graph=[tuple(entry) for entry in meta.get("graph", [])],
-            edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()})
+            edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()},
+            gradient={k: values[v] for k, v in meta.get("gradient", {}).items()},
+            target_mask=mask)
+
+    def _inferred_output_shape(self, feeds: dict) -> Optional[tuple]:
+        """The explained output's shape by ONNX shape inference on the weightless compiled graph with the inputs'
+        dims fixed to these feeds' (a fraction of a forward pass; a sequence's (N, C) row at the position), None
+        where inference cannot tell."""
+        from onnx import shape_inference
+
+        from .shapes import weightless
+        from .specialise import specialise
+        try:
+            light = specialise(weightless(self.model), {name: value.shape for name, value in feeds.items()})
+            inferred = shape_inference.infer_shapes(light, data_prop=True)
+        except Exception:
+            return None
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            if vi.name == self.meta["explained"]:
+                dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+                if self.sequence and len(dims) == 3:  # the logits at lrp_position: (N, C)
+                    dims = [dims[0], dims[2]]
+                return tuple(dims) if dims and all(d > 0 for d in dims) else None
+        return None
+
+    def _mask_dtype(self) -> np.dtype:
+        """The float type of the lrp_target_mask input (refused for models compiled before it existed)."""
+        spec = next((i for i in self.session.get_overridable_initializers() if i.name == MASK_INPUT), None)
+        if spec is None or self.meta.get("target_mask_input") != MASK_INPUT:
+            raise OnnxLrpError("this compiled model has no lrp_target_mask input (compiled by an older onnxlrp): "
+                               "compile the original model again to explain masks, regions or anchors")
+        return np.dtype(_ORT_TYPES.get(spec.type, np.float32))
+
+    def _output_shape(self, feeds: dict, batch: int) -> tuple:
+        """The explained output's shape for these inputs: from the declared dims where they are static, else from
+        shape inference at these input sizes, else from a run; cached per input shape."""
+        declared = next((o.shape for o in self.session.get_outputs() if o.name == self.meta["logits"]), None)
+        if declared and all(isinstance(d, int) and d > 0 for d in declared[1:]):
+            return (batch,) + tuple(declared[1:])
+        key = tuple((name, value.shape) for name, value in sorted(feeds.items()))
+        if key not in self._shapes:
+            inferred = self._inferred_output_shape(feeds)
+            if inferred is not None:
+                self._shapes[key] = inferred
+                return inferred
+            probe = dict(feeds, **{TARGET_INPUT: np.full(batch, -1, dtype=np.int64)})
+            try:
+                self._shapes[key] = self.session.run([self.meta["logits"]], probe)[0].shape
+            except Exception as exc:
+                raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
+        return self._shapes[key]
+
+    def _forward_logits(self, feeds: dict) -> Optional[np.ndarray]:
+        """The explained logits alone, from a session of the nodes they need (built on this failure path only;
+        onnxruntime runs every node of a session whatever the outputs asked for), None if they fail too."""
+        import onnxruntime as ort
+        try:
+            forward = _pruned(self.model, self.meta["logits"])
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            with _quiet_stderr():
+                session = ort.InferenceSession(forward.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+            wanted = {i.name for i in session.get_inputs()}
+            return session.run(None, {k: v for k, v in feeds.items() if k in wanted})[0]
+        except Exception:
+            return None
+
+    def _check_rows(self, logits: Optional[np.ndarray], batch: int) -> None:
+        """Refuse logits that are not one row per sample: the explained output is not batch-first (a layout the
+        declared shapes could not reveal at compile time)."""
+        if logits is None:
+            return
+        if logits.size == 0 or logits.size % batch or logits.shape[:1] != (batch,):
+            raise OnnxLrpError(f"output {self.meta['output']!r} has shape {logits.shape}, which is not one row per "
+                               f"sample of the batch of {batch}")
 
     def _targets(self, target, batch: int) -> np.ndarray:
         """Targets as (N,) int64; -1 means argmax (computed in the graph)."""
@@ -321,6 +444,53 @@ class Explainer:
             if out.name == self.meta["logits"] and out.shape and all(isinstance(d, int) for d in out.shape[1:]):
                 return int(np.prod(out.shape[1:]))
         return self._static_classes
+
+
+def _pruned(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """The part of a model that computes one output: its producing nodes, their initializers and inputs."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, stack, names = [], [output], set()
+    while stack:
+        name = stack.pop()
+        if name in names:
+            continue
+        names.add(name)
+        node = producer.get(name)
+        if node is not None:
+            needed.append(node)
+            stack.extend(i for i in node.input if i)
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    needed = sorted({id(n): n for n in needed}.values(), key=lambda n: order[id(n)])
+    out = onnx.ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    graph = out.graph
+    graph.node.extend(needed)
+    graph.input.extend(i for i in model.graph.input if i.name in names)
+    graph.initializer.extend(t for t in model.graph.initializer if t.name in names)
+    graph.output.extend(o for o in model.graph.output if o.name == output)
+    return out
+
+
+def _check_explainer_arguments(model, providers) -> None:
+    """Explainer's own arguments (compile() checks the ones it passes on): ArgumentTypeError naming the argument."""
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise ArgumentTypeError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    if providers is None:
+        return
+    if isinstance(providers, str) or not isinstance(providers, Sequence):
+        raise ArgumentTypeError(f"providers must be a list of onnxruntime provider names, got "
+                                f"{type(providers).__name__} (one provider: [{providers!r}])")
+    names = [p if isinstance(p, str) else p[0] if (isinstance(p, (tuple, list)) and len(p) == 2 and
+                                                    isinstance(p[0], str) and isinstance(p[1], dict)) else None
+             for p in providers]
+    if None in names:
+        raise ArgumentTypeError("providers must list provider names (strings) or (name, options dict) pairs")
+    import onnxruntime as ort
+    unknown = [p for p in names if p not in ort.get_all_providers()]
+    if unknown:
+        raise ArgumentError(f"providers: unknown onnxruntime provider {unknown[0]!r} (known: "
+                            f"{', '.join(ort.get_all_providers()[:6])}, ...)")
 
 
 def _static_classes(model: onnx.ModelProto, name: str, sequence: bool = False) -> Optional[int]:

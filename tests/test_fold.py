@@ -194,19 +194,18 @@ def test_a_folder_that_changes_the_model_is_caught(monkeypatch):
 
 
 def test_a_value_read_from_a_dynamic_axis_is_named_in_the_error():
-    """A Pad whose pads are the batch size: nothing folds them, and the error says they read axis 0 of x. (An Add
-    of such a value is explained: a run-time addend without relevance is absorbed like a bias.)"""
+    """A Gather whose indices come from the batch size: nothing folds them, and the error says they read axis 0 of
+    x. (An Add of an activation and such a value is explained: a run-time offset is a bias, see
+    test_ops_arithmetic.test_runtime_offset_is_a_bias.)"""
     nodes = [helper.make_node("Shape", ["x"], ["shape"], name="the_shape"),
              helper.make_node("Gather", ["shape", "zero"], ["n"]),
-             helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
-             helper.make_node("Concat", ["three_zeros", "n1"], ["pads"], axis=0),
+             helper.make_node("Sub", ["n", "one"], ["index"]),
              helper.make_node("Gemm", ["x", "w"], ["h"]),
-             helper.make_node("Pad", ["h", "pads"], ["y"], name="the_add")]
-    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", ["N", None])],
-                       {"zero": np.array(0, np.int64), "w": np.ones((3, 2), np.float32),
-                        "axes0": np.array([0], np.int64), "three_zeros": np.zeros(3, np.int64)})
+             helper.make_node("Gather", ["h", "index"], ["y"], name="the_gather", axis=1)]
+    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", ["N"])],
+                       {"zero": np.array(0, np.int64), "one": np.array(1, np.int64), "w": np.ones((3, 2), np.float32)})
     with pytest.raises(UnsupportedModelError) as info:
         onnxlrp.compile(model)
     message = str(info.value)
-    assert "Pad x1 (the_add)" in message
+    assert "Gather x1 (the_gather)" in message
     assert "reads the dynamic axis 0 of 'x' (node 'the_shape')" in message

@@ -11,7 +11,9 @@ Rules (z = a * b or z = a @ b, s = R / stab(z)):
 `held_factor` is the one recogniser of which factor a product holds constant. Its kinds, in order:
   data       the factor carries no relevance (a constant that is not a plain initializer, a scale computed from
              shapes, a mask, rotary cos/sin computed from positions): the product is linear in the other factor;
-  gate       a sigmoid-type gate (Sigmoid, HardSigmoid, 1 + erf, 1 + tanh: swish, GELU, squeeze-excitation);
+  gate       a sigmoid-type gate in any spelling arithmetic.gate_of knows (Sigmoid, HardSigmoid, a clip of a shifted
+             value, 1 / (1 + exp(-u)), 1 + erf, 1 + tanh: swish, hard-swish, GELU, squeeze-excitation), or the
+             divisor 1 + exp(-u) of a swish written x / (1 + exp(-u));
   statistic  a normalisation statistic (1 / sqrt(mean(x^2) + eps) and the like: decomposed LayerNorm, RMSNorm);
   attention  the output of a Softmax (the attention weights of A @ v);
   activation the output of a non-linear activation when the other factor is not one (a gated MLP's gate).
@@ -27,13 +29,12 @@ from typing import Callable, Optional
 from ..builder import GraphBuilder
 from ..rules import LINEAR_RULES, Epsilon, Gate, Norm, Pass, Rule, Uniform
 from . import Emitted, NodeView, register
+from .arithmetic import absorbed_row, gate_of, one_plus_exp_neg
 from .elementwise import ACTIVATIONS
 from .shape import unbroadcast
 
 SHAPE_ONLY = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Cast", "Transpose", "Tile",
               "Dropout")
-SIGMOID_GATES = ("Sigmoid", "HardSigmoid")
-SHIFTED_GATES = ("Erf", "Tanh")  # 1 + erf(x / sqrt 2), 1 + tanh(...): a gate once a constant was added
 REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceL2", "ReduceSumSquare", "ReduceL1", "ReduceMax", "ReduceLogSumExp")
 STATISTIC_STEPS = ("Sqrt", "Reciprocal", "Pow", "Abs", "Exp", "Log")
 MAX_DEPTH = 24
@@ -61,28 +62,6 @@ def _through(view: NodeView, name: str, depth: int, step: Callable) -> Optional[
         consts = [_constant_operand(view, i) for i in node.input]
         if consts.count(True) == 1:
             return _through(view, node.input[consts.index(False)], depth + 1, step)
-    return None
-
-
-def gate_of(view: NodeView, name: str) -> Optional[str]:
-    """The op that makes `name` a sigmoid-type gate (Sigmoid, HardSigmoid, or the Erf / Tanh of 1 + erf(.)),
-    followed back through shape-only ops and arithmetic with constants; None if it is not one."""
-    return _gate_of(view, name, False, 0)
-
-
-def _gate_of(view: NodeView, name: str, shifted: bool, depth: int) -> Optional[str]:
-    node = view.index.producer.get(name)
-    if node is None or depth > MAX_DEPTH:
-        return None
-    if node.op_type in SIGMOID_GATES or (node.op_type in SHIFTED_GATES and shifted):
-        return node.op_type
-    if node.op_type in SHAPE_ONLY:
-        return _gate_of(view, node.input[0], shifted, depth + 1)
-    if node.op_type in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:
-        consts = [_constant_operand(view, i) for i in node.input]
-        if consts.count(True) == 1:
-            data = node.input[consts.index(False)]
-            return _gate_of(view, data, shifted or node.op_type in ("Add", "Sub"), depth + 1)
     return None
 
 
@@ -149,6 +128,13 @@ def held_factor(view: NodeView) -> Optional[Factor]:
     recognised (or both are, of the same kind). The first kind (RECOGNISERS order) that names exactly one wins."""
     if len(view.inputs) != 2:
         return None
+    if view.op_type == "Div" and view.is_relevant(view.inputs[0]) and one_plus_exp_neg(view, view.inputs[1]):
+        return Factor(1, "gate", "Sigmoid")
+    relevant = [view.is_relevant(n) for n in view.inputs]
+    if relevant.count(True) == 1:  # a gate times a signal computed without the inputs (a recurrent layer's bias copy)
+        gate = gate_of(view, view.inputs[relevant.index(True)])
+        if gate is not None:
+            return Factor(relevant.index(True), "gate", gate)
     for kind, predicate in RECOGNISERS:
         found = [predicate(view, name) for name in view.inputs]
         hits = [i for i, f in enumerate(found) if f]
@@ -201,10 +187,10 @@ def check_product(view: NodeView) -> Optional[str]:
             return f"the rank of {name!r} is not known at compile time"
     factor = held_factor(view)
     if view.op_type == "Div":
-        if not view.is_relevant(view.inputs[0]):
-            return "dividing by an activation is not linear (only x / a constant or x / a statistic is)"
-        if factor is None or factor.index != 1 or factor.kind not in ("data", "statistic"):
-            return "dividing by an activation is not linear (only x / a constant or x / a statistic is)"
+        divisor_held = factor is not None and factor.index == 1 and factor.kind in ("data", "statistic", "gate")
+        if not view.is_relevant(view.inputs[0]) or not divisor_held:
+            return ("both operands carry data (dividing by an activation is not linear; only by a constant, a "
+                    "statistic or 1 + exp(-u) is)")
     if view.op_type == "MatMul" and any(len(view.shape(n)) < 2 for n in view.inputs):
         return "a run-time MatMul operand of rank 1 is not supported"
     return None
@@ -261,11 +247,14 @@ def _stabilized(b: GraphBuilder, view: NodeView, R: str, eps: float) -> tuple:
 
 
 def emit_held(b: GraphBuilder, view: NodeView, rule: Rule, R: str, held: int) -> Emitted:
-    """Gate rule: factor `held` is constant. Elementwise: R_x = z * s (= R at eps 0); MatMul: R_x = x * J_x^T s."""
+    """Gate rule: factor `held` is constant. Elementwise: R_x = z * s (= R at eps 0); MatMul: R_x = x * J_x^T s. A
+    free factor without relevance (a gate times a bias copy) leaves R to the node: reported as absorbed."""
     free = 1 - held
     name = view.inputs[free]
     eps = _eps(rule)
     rel: list = [None, None]
+    if not view.is_relevant(name):  # a gate times a signal computed without the inputs: the node keeps R (absorbed)
+        return Emitted(rel, absorbed_row(b, R, len(view.shape(view.outputs[0])), "R_absorbed"))
     if view.op_type != "MatMul":
         if eps == 0.0:
             rel[free] = _fit(b, view, R, name)

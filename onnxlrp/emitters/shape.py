@@ -10,9 +10,12 @@ import numpy as np
 from ..builder import GraphBuilder
 from ..errors import CompileError
 from ..rules import Pass, Rule
+from ..specialise import NeedsStaticSize, StaticSizeError
 from . import Emitted, NodeView, register
 from .embedding import check_embedding, emit_embedding, is_embedding
 from .interpolation import resize_matrix
+from .resize_dynamic import block_sum, is_block_copy, matrix_transpose_along, runtime_matrix
+from .runtime_sizes import dims, int_max, int_min, known, require_opset
 
 
 def _reshape_back(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
@@ -45,7 +48,7 @@ def _static_dims(view: NodeView, name: str, axes: Sequence[int], why: str) -> tu
         raise CompileError(f"the rank of {name!r} is not known at compile time ({why})")
     for a in axes:
         if shape[a] is None:
-            raise CompileError(f"axis {a} of {name!r} is not known at compile time ({why})")
+            raise StaticSizeError(f"axis {a} of {name!r} is not known at compile time ({why})")
     return shape
 
 
@@ -61,12 +64,14 @@ def axis_matmul(b: GraphBuilder, R: str, axis: int, rank: int, A: np.ndarray) ->
     return b.op("Transpose", [back], "R_axis_T", perm=[int(i) for i in np.argsort(perm)])
 
 
-def move_back(b: GraphBuilder, R: str, axis: int, rank: int, index: np.ndarray, in_len: int) -> str:
+def move_back(b: GraphBuilder, R: str, axis: int, rank: int, index: np.ndarray, in_len: int,
+              where: str = "") -> str:
     """R_x[i] = sum of R[j] over the outputs j with index[j] == i (index[j] = -1: output j holds no input).
 
     A contiguous run of outputs reading a contiguous run of inputs is a Slice and a Pad; another injective map a
     Gather from R with one zero slot appended; a map that copies inputs (index repeats) a one-hot MatMul that sums
-    the copies."""
+    the copies. The last two build constants sized by in_len, checked against the compile budget first (`where`
+    names the axis and its declared shape)."""
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     valid = np.flatnonzero(index >= 0)
     used = index[valid]
@@ -80,15 +85,83 @@ def move_back(b: GraphBuilder, R: str, axis: int, rank: int, index: np.ndarray, 
         pads[axis], pads[axis + rank] = int(used[0]), int(in_len - used[0] - used.size)
         return b.op("Pad", [R, b.ints(pads, "pads")], "R_unslice")
     if np.unique(used).size == used.size:
+        b.check_budget(in_len, 8, f"the inverse index map of {where or f'axis {axis}'}")
         pads = [0] * (2 * rank)
         pads[axis + rank] = 1
         slot = b.op("Pad", [R, b.ints(pads, "pads")], "R_slot")
         inverse = np.full(in_len, index.size, dtype=np.int64)
         inverse[used] = np.flatnonzero(index >= 0)
         return b.op("Gather", [slot, b.const(inverse, dtype=np.int64, hint="inverse")], "R_back", axis=axis)
+    b.check_budget(index.size * in_len, 8, f"the one-hot copy matrix ({index.size} x {in_len}) of "
+                                           f"{where or f'axis {axis}'}")
     A = np.zeros((index.size, in_len))
     A[np.flatnonzero(index >= 0), used] = 1.0
     return axis_matmul(b, R, axis, rank, A)
+
+
+def along(view: NodeView, name: str, axis: int) -> str:
+    """'axis k of 'x' (declared shape (?, 3, 1000000000))' for budget messages."""
+    from ..builder import shape_text
+    info = view.info(name)
+    return f"axis {axis} of {name!r} (declared shape {shape_text(info.shape if info else None, info and info.symbols)})"
+
+
+def _merged_shape(b: GraphBuilder, R: str, axis: int, rank: int) -> str:
+    """R's run-time shape with `axis` replaced by -1 (the target of a Reshape that merges axis and axis + 1)."""
+    shape = b.op("Shape", [R], "R_shape")
+    parts = []
+    if axis > 0:
+        parts.append(b.op("Slice", [shape, b.ints([0]), b.ints([axis])], "dims_before"))
+    parts.append(b.ints([-1], "minus_one"))
+    if axis < rank - 1:
+        parts.append(b.op("Slice", [shape, b.ints([axis + 1]), b.ints([rank])], "dims_after"))
+    return parts[0] if len(parts) == 1 else b.op("Concat", parts, "merged_shape", axis=0)
+
+
+def reverse(b: GraphBuilder, R: str, axis: int) -> str:
+    """R reversed along one axis (a Slice with step -1)."""
+    return b.op("Slice", [R, b.ints([-1]), b.ints([-(2 ** 63)]), b.ints([axis]), b.ints([-1])], "R_reversed")
+
+
+def spread_back(b: GraphBuilder, R: str, axis: int, rank: int, start: int, step: int, count: int, dim: int) -> str:
+    """R_x for an output axis whose count positions read the inputs start, start + step, ... (step >= 1) of an
+    axis of length dim: R interleaved with step - 1 zeros (Unsqueeze, Pad, Reshape), then padded to dim.
+
+    Every constant is a handful of integers, whatever dim is (an axis declared 10^9 long costs nothing)."""
+    back, length = R, count
+    if step > 1:
+        pads = [0] * (2 * (rank + 1))
+        pads[axis + 1 + rank + 1] = step - 1
+        spread = b.op("Pad", [b.unsqueeze(R, [axis + 1], "R_u"), b.ints(pads, "pads")], "R_spread")
+        back = b.op("Reshape", [spread, _merged_shape(b, R, axis, rank)], "R_interleaved")
+        length = count * step
+    if length > dim - start:  # the zeros after the last position run past the axis' end
+        back = b.op("Slice", [back, b.ints([0]), b.ints([dim - start]), b.ints([axis])], "R_cut")
+        length = dim - start
+    if start == 0 and length == dim:
+        return back
+    pads = [0] * (2 * rank)
+    pads[axis], pads[axis + rank] = start, dim - start - length
+    return b.op("Pad", [back, b.ints(pads, "pads")], "R_unslice")
+
+
+def scatter_back(b: GraphBuilder, R: str, x: str, axis: int, rank: int, index: np.ndarray, where: str) -> str:
+    """R_x[.., i, ..] = sum of R[.., j, ..] over the j with index[j] == i: ScatterElements into zeros shaped like x,
+    adding up repeated indices (reduction 'add' from opset 16; below, the copies are first summed by a one-hot
+    MatMul over the distinct indices). The constants are sized by the index list, never by x's axis."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    distinct = np.unique(index)
+    repeated = distinct.size < index.size
+    if repeated and b.opset < 16:
+        b.check_budget(index.size * distinct.size, 8, f"the one-hot sum of repeated indices "
+                                                      f"({index.size} x {distinct.size}) along {where}")
+        R = axis_matmul(b, R, axis, rank, (index[:, None] == distinct[None, :]).astype(np.float64))
+        index, repeated = distinct, False
+    positions = b.const(index.reshape((1,) * axis + (index.size,) + (1,) * (rank - axis - 1)), dtype=np.int64,
+                        hint="indices")
+    full = b.op("Expand", [positions, b.op("Shape", [R], "R_shape")], "indices_full")
+    attrs = {"reduction": "add"} if repeated else {}
+    return b.op("ScatterElements", [b.zeros_like(x, "R_x0"), full, R], "R_back", axis=axis, **attrs)
 
 
 def unbroadcast(b: GraphBuilder, R: str, x: str, x_shape: tuple, out_rank: int) -> str:
@@ -194,10 +267,39 @@ def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
         if dim is None:
             if step == 1 and start == 0 and end >= 2 ** 31:
                 continue  # the whole axis
-            _static_dims(view, x, (axis,), "Slice moves relevance back along it")
-        index = np.arange(dim)[slice(int(start), int(end), int(step))]
-        back = move_back(b, back, axis, rank, index, dim)
+            if step != 1:
+                raise StaticSizeError(f"axis {axis} of {x!r} is not known at compile time (a Slice with step "
+                                      f"{step} moves relevance back along it)")
+            back = _unslice_dynamic(b, back, x, axis, rank, int(start), int(end))
+            continue
+        first, stop, stride = slice(int(start), int(end), int(step)).indices(dim)  # Slice clamps as Python does
+        count = len(range(first, stop, stride))
+        if count == 0:  # an empty slice: its (zero) relevance spread over the axis
+            back = move_back(b, back, axis, rank, np.zeros(0, dtype=np.int64), dim, along(view, x, axis))
+            continue
+        if stride < 0:  # the same positions in increasing order
+            back, first, stride = reverse(b, back, axis), first + (count - 1) * stride, -stride
+        back = spread_back(b, back, axis, rank, first, stride, count, dim)
     return Emitted([back] + [None] * (len(view.inputs) - 1))
+
+
+def _unslice_dynamic(b: GraphBuilder, R: str, x: str, axis: int, rank: int, start: int, end: int) -> str:
+    """R (x[start:end] along axis, unit step) padded with zeros back to x's run-time size there: start and end
+    resolved against the size d as Slice does (negative: from the end; clamped to [0, d])."""
+    require_opset(b, f"axis {axis} of {x!r}")
+    d = dims(b, x, axis, axis + 1, "axis_size")
+    zero = b.ints([0])
+
+    def resolve(value: int) -> str:
+        if value >= 0:
+            return int_min(b, b.ints([min(value, 2 ** 62)]), d, "bound")
+        return int_max(b, b.op("Add", [d, b.ints([value])], "from_end"), zero, "bound")
+
+    first = resolve(start)
+    last = int_max(b, resolve(end), first, "bound_end")
+    pads = [zero] * (2 * rank)
+    pads[axis], pads[rank + axis] = first, b.op("Sub", [d, last], "tail")
+    return b.op("Pad", [R, b.op("Concat", pads, "pads", axis=0)], "R_unslice")
 
 
 def _check_gather(view: NodeView) -> Optional[str]:
@@ -246,7 +348,9 @@ def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
         R_flat = b.op("Reshape", [R[0], target], "R_flat")
     if shape[axis] is None:  # an axis of run-time length (the sequence): a one-hot matrix built at run time
         return Emitted([_gather_back_dynamic(b, x, R_flat, axis, rank, flat), None])
-    return Emitted([move_back(b, R_flat, axis, rank, flat, shape[axis]), None])
+    if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):  # a contiguous run: Pad back
+        return Emitted([spread_back(b, R_flat, axis, rank, int(flat[0]), 1, flat.size, shape[axis]), None])
+    return Emitted([scatter_back(b, R_flat, x, axis, rank, flat, along(view, x, axis)), None])
 
 
 def _gather_back_dynamic(b: GraphBuilder, x: str, R: str, axis: int, rank: int, indices: np.ndarray) -> str:
@@ -279,6 +383,49 @@ def _pad_amounts(view: NodeView, rank: int) -> list:
     return result
 
 
+def _fold_pad(b: GraphBuilder, R: str, axis: int, rank: int, begin: int, end: int, dim: int,
+              mode: str) -> Optional[str]:
+    """R_x along one padded axis from slices of R, with no constant sized by dim: the kept part of a constant pad
+    or crop; for reflect, edge and wrap (pads >= 0 and, for reflect and wrap, no longer than the axis) the middle
+    part plus each pad's relevance folded onto the inputs it copies (reversed for reflect, summed onto the edge
+    value for edge). None where another case needs the general index map."""
+    def part(lo: int, hi: int) -> str:
+        return b.op("Slice", [R, b.ints([lo]), b.ints([hi]), b.ints([axis])], "R_part")
+
+    def placed(value: str, before: int, after: int) -> str:
+        if before == 0 and after == 0:
+            return value
+        pads = [0] * (2 * rank)
+        pads[axis], pads[axis + rank] = before, after
+        return b.op("Pad", [value, b.ints(pads, "pads")], "R_placed")
+
+    if mode == "constant" or (begin <= 0 and end <= 0):
+        kept = dim - max(-begin, 0) - max(-end, 0)
+        middle = part(max(begin, 0), max(begin, 0) + kept) if begin > 0 or end > 0 else R
+        return placed(middle, max(-begin, 0), max(-end, 0))
+    if begin < 0 or end < 0 or (mode == "reflect" and max(begin, end) > dim - 1) or \
+            (mode == "wrap" and max(begin, end) > dim):
+        return None
+    pieces = [part(begin, begin + dim)]
+    if begin > 0:
+        left = part(0, begin)
+        if mode == "edge":  # every left pad copies x[0]
+            pieces.append(placed(b.reduce("ReduceSum", left, [axis], keepdims=True, hint="R_edge"), 0, dim - 1))
+        elif mode == "reflect":  # pad position p copies x[begin - p]
+            pieces.append(placed(reverse(b, left, axis), 1, dim - 1 - begin))
+        else:  # wrap: pad position p copies x[dim - begin + p]
+            pieces.append(placed(left, dim - begin, 0))
+    if end > 0:
+        right = part(begin + dim, begin + dim + end)
+        if mode == "edge":  # every right pad copies x[dim - 1]
+            pieces.append(placed(b.reduce("ReduceSum", right, [axis], keepdims=True, hint="R_edge"), dim - 1, 0))
+        elif mode == "reflect":  # pad position q after the end copies x[dim - 2 - q]
+            pieces.append(placed(reverse(b, right, axis), dim - 1 - end, 1))
+        else:  # wrap: pad position q copies x[q]
+            pieces.append(placed(right, 0, dim - end))
+    return b.add_all(pieces, "R_folded")
+
+
 @register("Pad", group="shape", rules=(Pass,), check=_check_const_inputs)
 def emit_pad(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """R_x: R_y cut back to x (constant mode; relevance that reached the pad constants is reported as dropped) or
@@ -290,17 +437,38 @@ def emit_pad(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     for axis, (begin, end) in enumerate(_pad_amounts(view, rank)):
         if begin == 0 and end == 0:
             continue
+        if view.shape(x)[axis] is None:
+            if mode != "constant":
+                raise StaticSizeError(f"axis {axis} of {x!r} is not known at compile time (a {mode} Pad moves "
+                                      f"relevance back along it)")
+            back = _unpad_dynamic(b, back, axis, rank, begin, end)
+            continue
         dim = _static_dims(view, x, (axis,), "Pad moves relevance back along it")[axis]
+        folded = _fold_pad(b, back, axis, rank, begin, end, dim, mode)
+        if folded is not None:
+            back = folded
+            continue
         index = np.arange(dim)[max(-begin, 0): dim - max(-end, 0)]
         widths = (max(begin, 0), max(end, 0))
-        if mode == "constant":
-            index = np.pad(index, widths, constant_values=-1)
-        else:
-            index = np.pad(index, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
-        back = move_back(b, back, axis, rank, index, dim)
+        index = np.pad(index, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+        back = move_back(b, back, axis, rank, index, dim, along(view, x, axis))
     pads = _pad_amounts(view, rank)
     stab = dropped_share(b, R[0], back) if mode == "constant" and any(p > 0 for pair in pads for p in pair) else None
     return Emitted([back] + [None] * (len(view.inputs) - 1), None, stab)
+
+
+def _unpad_dynamic(b: GraphBuilder, R: str, axis: int, rank: int, begin: int, end: int) -> str:
+    """R of a constant Pad cut back to its input along one axis of any size: the padded positions dropped, a
+    negative amount (a crop) restored as zeros."""
+    require_opset(b, f"axis {axis} of the Pad's input")
+    if begin > 0 or end > 0:
+        stop = -max(end, 0) if end > 0 else np.iinfo(np.int64).max
+        R = b.op("Slice", [R, b.ints([max(begin, 0)]), b.ints([stop]), b.ints([axis])], "R_unpad")
+    if begin < 0 or end < 0:
+        pads = [0] * (2 * rank)
+        pads[axis], pads[rank + axis] = max(-begin, 0), max(-end, 0)
+        R = b.op("Pad", [R, b.ints(pads, "pads")], "R_uncrop")
+    return R
 
 
 @register("Expand", group="shape", rules=(Pass,))
@@ -332,8 +500,11 @@ def _check_resize(view: NodeView) -> Optional[str]:
         return view.not_constant("its scales", scales)
     x, y = view.shape(view.inputs[0]), resize_output_shape(view)
     for name, shape in ((view.inputs[0], x), (view.outputs[0], y)):
-        if shape is None or any(d is None for d in shape[1:]):
-            return f"the shape of {name!r} is not known at compile time"
+        if shape is None:
+            return f"the rank of {name!r} is not known at compile time"
+    given = _given_scales(view, len(x))
+    if given is not None and given[0] != 1.0:
+        return "it resizes the batch axis (relevance would mix samples)"
     return None
 
 
@@ -407,15 +578,14 @@ def _scales_input(view: NodeView) -> str:
     return view.inputs[position] if len(view.inputs) > position else ""
 
 
-def _resize_scales(view: NodeView, x_shape: tuple, y_shape: tuple) -> list:
-    """Per-axis scale as the coordinate transform uses it: the given scales (input or attribute), else out / in."""
-    rank = len(x_shape)
+def _given_scales(view: NodeView, rank: int) -> Optional[list]:
+    """Per-axis scales given as a constant (input or attribute), None where the sizes decide."""
     name = _scales_input(view)
     scales = view.const(name) if name else None
     if scales is None and view.attr("scales") is not None:
         scales = np.asarray(view.attr("scales"))
     if scales is None or scales.size == 0:
-        return [(o / i) if (i and o) else 1.0 for i, o in zip(x_shape, y_shape)]
+        return None
     scales = scales.astype(np.float64).reshape(-1).tolist()
     axes = view.attr("axes")
     if axes is None:
@@ -426,6 +596,14 @@ def _resize_scales(view: NodeView, x_shape: tuple, y_shape: tuple) -> list:
     return full
 
 
+def _resize_scales(view: NodeView, x_shape: tuple, y_shape: tuple) -> list:
+    """Per-axis scale as the coordinate transform uses it: the given scales (input or attribute), else out / in."""
+    given = _given_scales(view, len(x_shape))
+    if given is None:
+        return [(o / i) if (i and o) else 1.0 for i, o in zip(x_shape, y_shape)]
+    return given
+
+
 @register(("Resize", "Upsample"), group="shape", rules=(Pass,), check=_check_resize)
 def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Resize as the linear map it is, moved back by its exact transpose: R_x = J^T R_y, per axis
@@ -434,6 +612,8 @@ def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     conserves exactly without a stabilizer, and it is what Zennit does with an Upsample layer (its gradient)."""
     x = view.inputs[0]
     x_shape, y_shape = view.shape(x), resize_output_shape(view)
+    if not (known(x_shape[1:]) and known(y_shape[1:])):
+        return _resize_dynamic(b, view, R)
     rank = len(x_shape)
     scales = _resize_scales(view, x_shape, y_shape)
     if scales[0] != 1.0:
@@ -449,6 +629,7 @@ def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
         if n_in == n_out and scales[axis] == 1.0:  # an axis Resize leaves alone (onnxruntime copies it)
             block_shape.append(n_in)
             continue
+        b.check_budget(n_out * n_in, 8, f"the interpolation matrix ({n_out} x {n_in}) of {along(view, x, axis)}")
         A = resize_matrix(n_in, n_out, scales[axis], mode, ctm, nearest_mode)
         if n_in == n_out and np.array_equal(A, np.eye(n_in)):
             block_shape.append(n_in)
@@ -463,6 +644,35 @@ def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     if block_axes:
         split = b.op("Reshape", [back, b.ints([0] + block_shape, "blocks")], "R_blocks")
         back = b.reduce("ReduceSum", split, block_axes, keepdims=False, hint="R_x")
+    return Emitted([back] + [None] * (len(view.inputs) - 1))
+
+
+def _resize_dynamic(b: GraphBuilder, view: NodeView, R: list) -> Emitted:
+    """Resize's exact transpose where a size is known only at run time (see resize_dynamic): axes that keep their
+    size pass, nearest upsamples by an integer factor sum their blocks, other axes multiply by a run-time A^T."""
+    x = view.inputs[0]
+    x_shape, y_shape = view.shape(x), resize_output_shape(view)
+    rank = len(x_shape)
+    given = _given_scales(view, rank)
+    mode = view.attr("mode", "nearest")
+    ctm = view.attr("coordinate_transformation_mode", "half_pixel" if b.opset >= 11 else "asymmetric")
+    nearest_mode = view.attr("nearest_mode", "round_prefer_floor" if b.opset >= 11 else "simple")
+    back, factors = R[0], {}
+    for axis in range(1, rank):
+        n_in, n_out = x_shape[axis], y_shape[axis]
+        scale = given[axis] if given is not None else None
+        if scale is None and n_in is not None and n_in == n_out and \
+                np.array_equal(resize_matrix(n_in, n_out, 1.0, mode, ctm, nearest_mode), np.eye(n_in)):
+            continue  # an axis Resize leaves alone
+        if scale is not None and is_block_copy(scale, mode, ctm, nearest_mode):
+            if scale != 1.0:  # a nearest upsample by an integer factor: sum each block of copies
+                factors[axis] = scale
+            continue
+        A = runtime_matrix(b, dims(b, x, axis, axis + 1, "n_in"), dims(b, view.outputs[0], axis, axis + 1, "n_out"),
+                           scale, mode, ctm, nearest_mode)
+        back = matrix_transpose_along(b, back, axis, rank, A)
+    if factors:
+        back = block_sum(b, back, x, rank, factors)
     return Emitted([back] + [None] * (len(view.inputs) - 1))
 
 
