@@ -49,7 +49,8 @@ def test_position_on_a_classifier_is_refused(exports):
 
 
 def test_cli_colours_tokens_and_draws_them(exports, tmp_path):
-    """explain --tokens prints every token with its relevance, --heatmap draws them; the values are the API's."""
+    """explain --tokens prints every token with its relevance, --heatmap draws them; the values are the API's, also
+    when --batch-size splits the batch and --position gives one position per sample."""
     from PIL import Image
     from onnxlrp.cli import run
     case = CASES["gpt2"]
@@ -61,13 +62,17 @@ def test_cli_colours_tokens_and_draws_them(exports, tmp_path):
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         code = run(["explain", str(exports("gpt2", "legacy")), "--input", str(tmp_path / "ids.npz"), "-c", "attnlrp",
-                    "-t", "5", "--position", "2", "--tokens", str(tmp_path / "tokens.txt"),
-                    "--heatmap", str(tmp_path / "tokens.png")])
+                    "-t", "5", "--position", "2", "--position", "4", "--batch-size", "1",
+                    "--tokens", str(tmp_path / "tokens.txt"), "--heatmap", str(tmp_path / "tokens.png")])
     assert code == 0
     text = buffer.getvalue()
-    exp = onnxlrp.Explainer(exports("gpt2", "legacy"), "attnlrp").explain(case.inputs, target=5, position=2)
-    for word, value in zip(words, exp.relevance["input_ids"][0]):
-        assert f"{word}[{value:+.3g}]" in text
+    assert "in 2 runs of 1" in text  # --batch-size 1: one run per sample, each with its own position
+    exp = onnxlrp.Explainer(exports("gpt2", "legacy"), "attnlrp").explain(case.inputs, target=5, position=[2, 4])
+    lines = [line for line in text.splitlines() if line.startswith("  input_ids:")]
+    assert len(lines) == 2
+    for line, row in zip(lines, exp.relevance["input_ids"]):
+        for word, value in zip(words, row):
+            assert f"{word}[{value:+.3g}]" in line
     image = np.asarray(Image.open(tmp_path / "tokens.png").convert("RGB")).astype(int)
     reds = (image[..., 0] > 200) & (image[..., 2] < 120)
     blues = (image[..., 2] > 150) & (image[..., 0] < 100)
@@ -101,3 +106,23 @@ def test_profile_balances_at_every_layer(exports):
     assert len(rows) > 50
     assert max(float(r.relative_error.max()) for r in rows) < 1e-4
     assert {"Softmax", "LayerNormalization", "Gemm"} <= {r.op for r in rows}
+
+
+def test_compiled_sequence_model_keeps_its_position_input_and_digest(gpt2, exports, tmp_path):
+    """A compiled GPT-2 saved to a file: its digest is verified on loading, lrp_position still picks the position
+    (the conservation check runs on every explanation), and an edited weight is refused."""
+    from onnxlrp.errors import ModelLoadError
+    compiled = onnxlrp.compile(str(exports("gpt2", "legacy")), "attnlrp")
+    onnx.save(compiled, str(tmp_path / "gpt2_lrp.onnx"))
+    ids = CASES["gpt2"].inputs["input_ids"]
+    got = onnxlrp.Explainer(tmp_path / "gpt2_lrp.onnx").explain({"input_ids": ids}, target=[5, 17], position=[2, -1])
+    want = gpt2.explain({"input_ids": ids}, target=[5, 17], position=[2, -1])
+    assert np.allclose(got.relevance["input_ids"], want.relevance["input_ids"], rtol=1e-5, atol=1e-7)
+    assert sorted(got.bias) == sorted(want.bias)
+    weight = next(t for t in compiled.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and t.dims)
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.reshape(-1)[0] += 1.0
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    onnx.save(compiled, str(tmp_path / "edited.onnx"))
+    with pytest.raises(ModelLoadError, match="was modified after compilation"):
+        onnxlrp.Explainer(tmp_path / "edited.onnx")

@@ -11,8 +11,9 @@ import onnxlrp
 from conftest import _install_torchvision_stub
 from transformer_zoo_models import export_zoo
 
-SUBSET = [("hf_distilbert", "legacy"), ("hf_roberta", "legacy"), ("hf_qwen2", "legacy"), ("hf_deit", "legacy"),
-          ("timm_mixer", "legacy"), ("torch_transformer_encoder", "legacy"), ("torch_transformer_encoder", "dynamo")]
+# one of each family the LXT parity tests do not cover: an encoder without token types, an MLP-Mixer, and
+# nn.MultiheadAttention's packed q/k/v (the whole table with both exporters: benchmarks/transformers_zoo.py)
+SUBSET = [("hf_distilbert", "legacy"), ("timm_mixer", "legacy"), ("torch_transformer_encoder", "legacy")]
 
 
 @pytest.mark.parametrize("name,exporter", SUBSET, ids=[f"{n}-{e}" for n, e in SUBSET])
