@@ -113,7 +113,8 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
                   f"(red: for it, blue: against)" for i in range(shown)]
         if shown < n:
             note(f"the heatmap shows the first {shown} of the {n} samples")
-        click.echo(f"wrote heatmap {save_token_heatmap(heatmap, tokens[:shown], exp.relevance[token_input][:shown], titles)}")
+        drawn = save_token_heatmap(heatmap, tokens[:shown], exp.relevance[token_input][:shown], titles)
+        click.echo(f"wrote heatmap {drawn}")
     elif heatmap:
         from .heatmap import save_explanation_heatmaps
         title = (f"{Path(model).name}: LRP ({explainer.composite}) of the {_target_text(target)} "

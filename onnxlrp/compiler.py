@@ -444,8 +444,8 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
             shapes: Optional[Mapping[str, Sequence[Optional[int]]]] = None,
             sequence: Optional[bool] = None) -> onnx.ModelProto:
     """Compile a model into one graph computing its outputs plus the LRP relevance of every float input (and of
-    token ids), the bias relevance of every biased node, the stabilizer share and the total (seed) per sample. The compiled
-    graph accepts every input size the model accepts; `shapes` ({input: dims}, -1 for an axis left dynamic)
+    token ids), the bias relevance of every biased node, the stabilizer share and the total (seed) per sample. The
+    compiled graph accepts every input size the model accepts; `shapes` ({input: dims}, -1 for an axis left dynamic)
     specialises it to one size first.
 
     max_constant_bytes (default 256 MiB) bounds every constant the compiler builds from declared dimensions (a

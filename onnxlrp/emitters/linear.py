@@ -15,7 +15,6 @@ from typing import Optional
 import numpy as np
 
 from ..builder import GraphBuilder
-from ..errors import CompileError
 from ..rules import LINEAR_RULES, Epsilon, Norm, Pass, Rule
 from ..specialise import NeedsStaticSize
 from . import Emitted, NodeView, register

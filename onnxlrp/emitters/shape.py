@@ -10,7 +10,7 @@ import numpy as np
 from ..builder import GraphBuilder
 from ..errors import CompileError
 from ..rules import Pass, Rule
-from ..specialise import NeedsStaticSize, StaticSizeError
+from ..specialise import StaticSizeError
 from . import Emitted, NodeView, register
 from .embedding import check_embedding, emit_embedding, is_embedding
 from .interpolation import resize_matrix
