@@ -41,11 +41,17 @@ def _quiet_stderr():
         os.close(fd)
 
 
+def provider_name(provider) -> str:
+    """The name of a provider given as a name or as a (name, options dict) pair."""
+    return provider if isinstance(provider, str) else provider[0]
+
+
 def refuse_fallback(session, providers: Optional[Sequence[str]]) -> None:
     """Raise when the caller named a provider and onnxruntime fell back to another one instead of running it."""
-    if providers and session.get_providers()[0] != providers[0]:
-        raise OnnxLrpError(f"execution provider {providers[0]} did not initialise on this machine (onnxruntime "
-                           f"would run on {session.get_providers()[0]}): leave the provider out, or name that one")
+    if providers and session.get_providers()[0] != provider_name(providers[0]):
+        raise OnnxLrpError(f"execution provider {provider_name(providers[0])} did not initialise on this machine "
+                           f"(onnxruntime would run on {session.get_providers()[0]}): leave the provider out, or "
+                           f"name that one")
 
 
 def cuda_available() -> bool:
@@ -80,14 +86,14 @@ def choose_providers(providers: Optional[Sequence[str]]) -> list:
     if providers:
         import onnxruntime as ort
         available = ort.get_available_providers()
-        for name in providers:
+        for name in map(provider_name, providers):
             if name not in available:
                 close = [a for a in available if a.lower().startswith(str(name).lower())]
                 close = close or difflib.get_close_matches(str(name), available, n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise OnnxLrpError(f"unknown execution provider {name!r} (onnxruntime here has: "
                                    f"{', '.join(available)}){hint}")
-        if providers[0] == "CUDAExecutionProvider" and not cuda_available():
+        if provider_name(providers[0]) == "CUDAExecutionProvider" and not cuda_available():
             raise OnnxLrpError("execution provider CUDAExecutionProvider does not initialise on this machine (no "
                                "usable CUDA device or driver): leave the provider out to run on the CPU")
         return list(providers)
