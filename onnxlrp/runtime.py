@@ -330,7 +330,7 @@ class Explainer:
             for j in range(columns.shape[1]):
                 column = columns[:, j]
                 chosen = np.where(column < 0, order[np.arange(batch), np.maximum(-column - 1, 0)], column)
-                picked = {name: (value[:, j] if name in stacked else value) for name, value in values.items()}
+                picked = {name: (value[j] if name in stacked else value) for name, value in values.items()}
                 explanations.append(self._explanation(picked, chosen.astype(np.int64), batch, False, None, check))
         return explanations
 

@@ -17,20 +17,24 @@ SAMPLES = np.load(MODELS / "digits_samples.npz")
 CNN, MLP = str(MODELS / "digits_cnn.onnx"), str(MODELS / "digits_mlp.onnx")
 
 
+def close(a: np.ndarray, b: np.ndarray, scale: float = 0.0) -> None:
+    """Equal up to float32 rounding (the Loop body gets other onnxruntime fusions than the single-target graph);
+    scale: the magnitude the rounding is relative to, where it exceeds b's own."""
+    atol = 1e-6 * max(float(np.abs(b).max(initial=0.0)), scale, 1e-30)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol)
+
+
 def assert_same(many: onnxlrp.Explanation, one: onnxlrp.Explanation) -> None:
-    """Every term of a column of the K-target run equals the single-target call's, bit for bit."""
+    """Every term of one target of the K-target run equals the single-target call's."""
     np.testing.assert_array_equal(many.target, one.target)
-    for name in one.relevance:
-        np.testing.assert_array_equal(many.relevance[name], one.relevance[name])
-    for name in one.bias:
-        np.testing.assert_array_equal(many.bias[name], one.bias[name])
-    for name in one.nodes:
-        np.testing.assert_array_equal(many.nodes[name], one.nodes[name])
-    for name in one.gradient:
-        np.testing.assert_array_equal(many.gradient[name], one.gradient[name])
-    np.testing.assert_array_equal(many.stabilizer, one.stabilizer)
-    np.testing.assert_array_equal(many.total, one.total)
     np.testing.assert_array_equal(many.output, one.output)
+    for field in ("relevance", "bias", "nodes", "gradient"):
+        mine, theirs = getattr(many, field), getattr(one, field)
+        assert mine.keys() == theirs.keys()
+        for name in theirs:
+            close(mine[name], theirs[name])
+    close(many.stabilizer, one.stabilizer, 10 * float(np.abs(one.total).max()))  # the gradient: a rounding remainder
+    close(many.total, one.total)
 
 
 @pytest.mark.parametrize("path, samples, composite", [
@@ -66,17 +70,20 @@ def test_target_matrix_and_chunks(monkeypatch):
 
 
 def test_rewritten_graph_is_standard_onnx():
-    """The K-target graph passes the full checker; the forward nodes stay once, the relevance nodes come K times,
-    the stacked outputs are declared (N, K, ...)."""
+    """The K-target graph passes the full checker; the forward nodes stay once, the relevance nodes move into one
+    Loop's body, the stacked outputs are declared (K, N, ...)."""
     compiled = onnxlrp.compile(CNN, "epsilon_plus")
     meta = onnxlrp.compiler.compiled_metadata(compiled)
     model, stacked = many_targets(compiled, 3, meta["explained"])
     onnx.checker.check_model(model, full_check=True)
     forward = sum(1 for n in compiled.graph.node if n.op_type == "Conv" and not n.name.startswith("lrp/"))
     assert sum(1 for n in model.graph.node if n.op_type == "Conv" and not n.name.startswith("lrp/")) == forward
+    loop = next(n for n in model.graph.node if n.op_type == "Loop")
+    relevance = sum(1 for n in compiled.graph.node if n.name.startswith("lrp/") and n.op_type == "ConvTranspose")
+    assert sum(1 for n in loop.attribute[0].g.node if n.op_type == "ConvTranspose") == relevance > 0
     assert {"lrp/relevance/input", "lrp/total", "lrp/stabilizer"} <= stacked and "lrp/output" not in stacked
     dims = next(o for o in model.graph.output if o.name == "lrp/relevance/input").type.tensor_type.shape.dim
-    assert dims[1].dim_value == 3 and len(dims) == 5
+    assert dims[0].dim_value == 3 and len(dims) == 5
 
 
 @pytest.mark.parametrize("kwargs, message", [
