@@ -455,7 +455,8 @@ class Explainer:
                     and np.all(array == np.round(array))):
                 raise InputError(f"target must be integers, got {array.dtype}")
         if array.ndim > 1:
-            raise InputError(f"target must be one int or a flat list of ints, one per sample; got shape {array.shape}")
+            raise InputError(f"target must be one int, a flat list of ints (one per sample) or an (N, K) array of "
+                             f"ints (K per sample); got shape {array.shape}")
         if array.size and np.any(array > np.iinfo(np.int64).max):  # before the cast to int64 wraps it around
             raise InputError(f"target {array.max()} is out of range")
         array = array.astype(np.int64).reshape(-1)
