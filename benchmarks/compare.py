@@ -3,6 +3,7 @@
     python benchmarks/compare.py                  # the full table (several minutes on 2 cores)
     python benchmarks/compare.py --quick          # MLP and ResNet-18 at batch 1, no memory probes (~1-2 min)
     python benchmarks/compare.py --models resnet18,vgg16 --batches 1,8 --repeats 5 --out table.md
+    python benchmarks/compare.py --provider cuda --io-binding --models resnet50 --batches 1,8,32 --no-memory
 
 Builds the models in PyTorch with random weights from a fixed seed (benchmarks/models.py), exports them with the
 legacy exporter (BatchNorm in eval mode, folded), compiles them per composite, and times, interleaved in rounds
@@ -10,6 +11,11 @@ after warm-up (medians; the torch calls in a block of their own): the onnxruntim
 graph's session.run, and Explainer.explain() with its Python-side checks), the torch forward, and Zennit with the
 same composite and canonizers. Peak memory is measured in a fresh process per configuration (resident set while
 explaining); compile time for a ResNet-50-sized graph at 1x, 2x and 4x depth.
+
+--provider cuda runs every onnxruntime session on the CUDA provider (TF32 off, so that float32 means float32) and
+Zennit on torch's CUDA device where torch has one (else on the CPU, said in the header line); --io-binding binds the
+inputs and outputs of the timed session.run calls on the provider's device (copied there once, no copies in the
+timed loop). benchmarks/gpu_check.sh runs it that way.
 """
 from __future__ import annotations
 
@@ -31,6 +37,9 @@ RATIO_TARGETS = {"epsilon_plus": 2.5, "epsilon_gamma_box": 4.0}
 ZENNIT_TARGET, FILE_TARGET, COMPILE_TARGET_S = 5.0, 3.0, 3.0
 LOW, HIGH = -3.0, 3.0  # z^B bounds of epsilon_gamma_box (onnxlrp's defaults); inputs are clipped to them
 ALL_MODELS = ("mlp", "vgg16", "resnet18", "resnet50", "mobilenetv2")
+# TF32 off on the GPU: the CUDA rows then compute in float32, as the CPU ones and Zennit do
+PROVIDERS = {"cpu": ["CPUExecutionProvider"],
+             "cuda": [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-seconds", type=float, default=4.0,
                    help="fast configurations get more rounds (up to 20x --repeats) until this many seconds")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for onnxruntime and torch")
+    p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu", help="onnxruntime provider (and torch "
+                   "device for Zennit where torch has it)")
+    p.add_argument("--io-binding", action="store_true",
+                   help="bind inputs and outputs of the timed session.run calls on the provider's device")
     p.add_argument("--no-zennit", action="store_true")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-depth", action="store_true", help="skip the compile-time growth at 1x/2x/4x depth")
@@ -135,25 +148,29 @@ def time_batch(name: str, info: dict, batch: int, args) -> dict:
     import onnxlrp
     from measure import interleaved, session, session_options
     x = sample(info["shape"], batch)
-    forward = session(str(info["original"]), args.threads)
+    providers = PROVIDERS[args.provider]
+    forward = session(str(info["original"]), args.threads, providers)
     feeds = {forward.get_inputs()[0].name: x}
-    calls = {"ort": lambda: forward.run(None, feeds)}
-    model = info["model"]
-    xt = torch.tensor(x)
+    calls = {"ort": bound_call(forward, feeds, args.provider) if args.io_binding
+             else lambda: forward.run(None, feeds)}
+    device = torch_device(args.provider)
+    model = info["model"].to(device)
+    xt = torch.tensor(x, device=device)
 
     def torch_forward():
         """The torch forward pass without autograd."""
         with torch.no_grad():
-            return model(xt)
+            return synchronized(model(xt))
 
     torch_calls = {"torch": torch_forward}  # timed in a block of their own: torch's OpenMP threads keep spinning
     explainers, results, contexts = {}, {}, []  # after each call and would slow the onnxruntime call after it
     for composite in args.composites:
         exp = onnxlrp.Explainer(str(info["compiled"][composite]), session_options=session_options(args.threads),
-                                providers=["CPUExecutionProvider"])
+                                providers=providers)
         explainers[composite] = exp
         raw = {exp.inputs[0].name: x, "lrp_target": np.full(batch, -1, dtype=np.int64)}
-        calls[f"run:{composite}"] = lambda exp=exp, raw=raw: exp.session.run(None, raw)
+        calls[f"run:{composite}"] = (bound_call(exp.session, raw, args.provider) if args.io_binding
+                                     else lambda exp=exp, raw=raw: exp.session.run(None, raw))
         calls[f"api:{composite}"] = lambda exp=exp: exp.explain(x)
     if not args.no_zennit:
         import zennit_setup  # imports models first (the torchvision stand-in zennit needs)
@@ -163,7 +180,7 @@ def time_batch(name: str, info: dict, batch: int, args) -> dict:
             context = Gradient(model=twin, composite=zennit_setup.composite(name, composite, LOW, HIGH))
             attributor = context.__enter__()
             contexts.append(context)
-            torch_calls[f"zennit:{composite}"] = lambda a=attributor: a(xt, zennit_setup.attr_output)
+            torch_calls[f"zennit:{composite}"] = lambda a=attributor: synchronized(a(xt, zennit_setup.attr_output))
     try:
         medians, rounds = interleaved(calls, args.warmup, args.repeats, args.budget, min_s=args.min_seconds)
         torch_medians, _ = interleaved(torch_calls, args.warmup, min(args.repeats, rounds), args.budget,
@@ -173,16 +190,49 @@ def time_batch(name: str, info: dict, batch: int, args) -> dict:
             if not args.no_zennit:
                 _, ref = torch_calls[f"zennit:{composite}"]()
                 mine = explainers[composite].explain(x).relevance["input"]
-                ref = ref.detach().numpy()
+                ref = ref.detach().cpu().numpy()
                 results[composite] = (_relative(mine, ref), None)
     finally:
         for context in contexts:
             context.__exit__(None, None, None)
+    model.to("cpu")
     for composite, (parity, _) in list(results.items()):
         if batch == 1 and parity > 1e-4:  # float32 conditioning or a real difference? ask Zennit in float64
             results[composite] = (parity, _relative(explainers[composite].explain(x).relevance["input"],
                                                     zennit_float64(name, model, composite, x)))
     return {"medians": medians, "parity": results, "rounds": rounds}
+
+
+def bound_call(session, feeds: dict, provider: str):
+    """session.run with IO binding: the inputs copied to the provider's device once, the outputs left there."""
+    import onnxruntime as ort
+    device = "cuda" if provider == "cuda" else "cpu"
+    binding = session.io_binding()
+    values = [ort.OrtValue.ortvalue_from_numpy(value, device, 0) for value in feeds.values()]
+    for name, value in zip(feeds, values):
+        binding.bind_ortvalue_input(name, value)
+    for out in session.get_outputs():
+        binding.bind_output(out.name, device)
+
+    def call():
+        """One run on the bound device values (onnxruntime waits for the device before it returns)."""
+        return session.run_with_iobinding(binding)
+    call.values = values  # the bound inputs live as long as the call
+    return call
+
+
+def torch_device(provider: str) -> str:
+    """torch's device for the Zennit rows: CUDA where the provider is CUDA and torch has it, else the CPU."""
+    import torch
+    return "cuda" if provider == "cuda" and torch.cuda.is_available() else "cpu"
+
+
+def synchronized(value):
+    """value, after torch's CUDA work has finished (a no-op on the CPU)."""
+    import torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return value
 
 
 def _relative(a, b) -> float:
@@ -359,10 +409,13 @@ def main(argv=None) -> int:
     shared_thread_pool(args.threads)  # before the first session: all sessions share one pool (see its docstring)
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # float32, as onnxruntime's
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="onnxlrp-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"onnxruntime {onnxruntime.__version__} (CPU), torch {torch.__version__}, {args.threads} threads, "
-          f"{os.cpu_count()} CPUs; models in {workdir}", flush=True)
+    binding = ", IO binding" if args.io_binding else ""
+    print(f"onnxruntime {onnxruntime.__version__} ({args.provider.upper()}{binding}), torch {torch.__version__} "
+          f"(Zennit on {torch_device(args.provider).upper()}), {args.threads} threads, {os.cpu_count()} CPUs; "
+          f"models in {workdir}", flush=True)
     infos, rows = {}, []
     for name in args.models:
         print(f"[{name}] export + compile ...", flush=True)

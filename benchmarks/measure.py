@@ -6,10 +6,12 @@ from typing import Callable
 from onnxlrp.bench import interleaved, session_options  # noqa: F401  (re-exported for compare.py)
 
 
-def session(model, threads: int, provider: str = "CPUExecutionProvider"):
-    """An onnxruntime session for a model path or serialized model (all optimisations, `threads` threads)."""
+def session(model, threads: int, provider="CPUExecutionProvider"):
+    """An onnxruntime session for a model path or serialized model (all optimisations, `threads` threads);
+    provider: one provider name, or a providers list as onnxruntime takes it."""
     import onnxruntime as ort
-    return ort.InferenceSession(model, session_options(threads), providers=[provider])
+    return ort.InferenceSession(model, session_options(threads),
+                                providers=[provider] if isinstance(provider, str) else list(provider))
 
 
 def _status_kb(field: str) -> int:

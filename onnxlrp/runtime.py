@@ -24,6 +24,7 @@ _PROBE_LOCK = threading.Lock()
 # onnxruntime 1.31's FastGeluFusion fuses x * 0.5 * (1 + tanh(...)) (GPT-2's GELU) into one node and drops the
 # intermediate x * 0.5 although the relevance graph reads it ("Node input ... is not a graph input"): it stays off
 DISABLED_OPTIMIZERS = ["FastGeluFusion"]
+MAX_TARGETS_PER_RUN = 16  # targets per session.run; more are explained in several runs (graph size grows with K)
 _CUDA_WORKS: Optional[bool] = None
 
 
@@ -44,11 +45,17 @@ def _quiet_stderr():
         os.close(fd)
 
 
+def provider_name(provider) -> str:
+    """The name of a provider given as a name or as a (name, options dict) pair."""
+    return provider if isinstance(provider, str) else provider[0]
+
+
 def refuse_fallback(session, providers: Optional[Sequence[str]]) -> None:
     """Raise when the caller named a provider and onnxruntime fell back to another one instead of running it."""
-    if providers and session.get_providers()[0] != providers[0]:
-        raise OnnxLrpError(f"execution provider {providers[0]} did not initialise on this machine (onnxruntime "
-                           f"would run on {session.get_providers()[0]}): leave the provider out, or name that one")
+    if providers and session.get_providers()[0] != provider_name(providers[0]):
+        raise OnnxLrpError(f"execution provider {provider_name(providers[0])} did not initialise on this machine "
+                           f"(onnxruntime would run on {session.get_providers()[0]}): leave the provider out, or "
+                           f"name that one")
 
 
 def cuda_available() -> bool:
@@ -83,14 +90,14 @@ def choose_providers(providers: Optional[Sequence[str]]) -> list:
     if providers:
         import onnxruntime as ort
         available = ort.get_available_providers()
-        for name in providers:
+        for name in map(provider_name, providers):
             if name not in available:
                 close = [a for a in available if a.lower().startswith(str(name).lower())]
                 close = close or difflib.get_close_matches(str(name), available, n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise OnnxLrpError(f"unknown execution provider {name!r} (onnxruntime here has: "
                                    f"{', '.join(available)}){hint}")
-        if providers[0] == "CUDAExecutionProvider" and not cuda_available():
+        if provider_name(providers[0]) == "CUDAExecutionProvider" and not cuda_available():
             raise OnnxLrpError("execution provider CUDAExecutionProvider does not initialise on this machine (no "
                                "usable CUDA device or driver): leave the provider out to run on the CPU")
         return list(providers)
@@ -188,6 +195,9 @@ class Explainer:
         self.inputs = [i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, MASK_INPUT, POSITION_INPUT)]
         self._shapes: dict = {}  # input shapes -> explained output shape (see _output_shape)
         self._output_names = [o.name for o in self.session.get_outputs()]
+        self._options, self._providers = options, self.session.get_providers()
+        self._many: dict = {}  # K -> (session, output names, stacked outputs): see many_targets.py
+        self._many_lock = threading.Lock()
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -248,13 +258,16 @@ class Explainer:
         """True when the explained output is a sequence (N, T, C) and explain() takes a position."""
         return bool(self.meta.get("position_input"))
 
-    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None,
-                position: Union[None, int, Sequence[int]] = None, *, target_mask=None, region=None, channel=None,
-                anchor=None, check: bool = True) -> Explanation:
+    def explain(self, inputs, target: Union[None, int, Sequence[int], Sequence[Sequence[int]]] = None,
+                position: Union[None, int, Sequence[int]] = None, *, targets: Optional[int] = None,
+                target_mask=None, region=None, channel=None, anchor=None,
+                check: bool = True) -> Union[Explanation, list]:
         """Explain a batch: target None (argmax), one int for every sample, or N ints; or, for a dense output, the
         sum of the output over a mask: target_mask (shaped like the explained output, or without its batch axis),
         region=(y0, y1, x0, x1) and/or channel=k of a map, anchor=(anchor, class) (or one pair per sample) of a
         detection tensor (N, C, A) or (N, A, C) (see targets.py). The explained quantity is sum(M * output).
+        Several targets per sample: target as an (N, K) array of classes, or targets=K (each sample's K highest
+        outputs, best first), return a list of K Explanations, the forward pass computed once (many_targets.py).
         With check (the default) the identity total = inputs + biases + stabilizer is verified for every sample
         (ConservationError if it fails beyond rounding; the model's metadata may say that it promises none).
         For a sequence output (N, T, C), position picks the explained position (one int or N ints, default -1: the
@@ -271,6 +284,14 @@ class Explainer:
             raise InputError(f"position applies to sequence outputs (N, T, C); output {self.meta['output']!r} is "
                              f"not one")
         masked = any(v is not None for v in (target_mask, region, channel, anchor))
+        if targets is not None or _is_matrix(target):
+            if masked:
+                raise InputError("several targets per sample (targets=, or target as an (N, K) array) cannot be "
+                                 "combined with a mask (target_mask=, region=, channel=, anchor=)")
+            if self.sequence:
+                raise InputError("several targets per sample (targets=, or target as an (N, K) array) are not "
+                                 "supported on sequence outputs (N, T, C) yet: explain one target per call")
+            return self._explain_many(feeds, batch, target, targets, check)
         mask = None
         if masked:
             if target is not None:
@@ -281,21 +302,29 @@ class Explainer:
             feeds[MASK_INPUT] = mask
         else:
             feeds[TARGET_INPUT] = self._targets(target, batch)
+        values = self._run(self.session, self._output_names, feeds, batch)
+        if self.sequence:
+            self._check_positions(feeds[POSITION_INPUT], values[self.meta["output"]])
+        return self._explanation(values, feeds[TARGET_INPUT], batch, masked, mask, check)
+
+    def _run(self, session, names: list, feeds: dict, batch: int) -> dict:
+        """session.run as {output name: value}; a failure is an InputError (or the batch-first error)."""
         try:
-            values = dict(zip(self._output_names, self.session.run(None, feeds)))
+            return dict(zip(names, session.run(None, feeds)))
         except Exception as exc:
             self._check_rows(self._forward_logits(feeds), batch)  # the seed cannot pick a target per sample
             raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
-        if self.sequence:
-            self._check_positions(feeds[POSITION_INPUT], values[self.meta["output"]])
+
+    def _explanation(self, values: dict, target: np.ndarray, batch: int, masked: bool, mask, check: bool):
+        """The Explanation of one run's outputs for the targets fed (negative: argmax)."""
         logits = values[self.meta["logits"]]
         self._check_rows(logits, batch)
         flat = logits.reshape(batch, -1)
         _check_finite(values, self.meta, flat)
-        if np.any(feeds[TARGET_INPUT] >= flat.shape[1]):
-            bad = int(feeds[TARGET_INPUT].max())
-            raise InputError(f"target {bad} is out of range: output {self.meta['output']!r} has {flat.shape[1]} classes")
-        targets = np.where(feeds[TARGET_INPUT] < 0, flat.argmax(axis=1), feeds[TARGET_INPUT]).astype(np.int64)
+        if np.any(target >= flat.shape[1]):
+            raise InputError(f"target {int(target.max())} is out of range: output {self.meta['output']!r} has "
+                             f"{flat.shape[1]} classes")
+        targets = np.where(target < 0, flat.argmax(axis=1), target).astype(np.int64)
         if masked:
             targets = np.full(batch, -1, dtype=np.int64)
             mask = np.broadcast_to(mask, logits.shape)
@@ -314,6 +343,62 @@ class Explainer:
             edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()},
             gradient={k: values[v] for k, v in meta.get("gradient", {}).items()},
             target_mask=mask)
+
+    def _explain_many(self, feeds: dict, batch: int, target, targets: Optional[int], check: bool) -> list:
+        """K Explanations per batch, at most MAX_TARGETS_PER_RUN targets per session.run (see many_targets.py)."""
+        classes = self._classes() or int(np.prod(self._output_shape(feeds, batch)[1:]))
+        matrix = self._target_matrix(target, targets, batch, classes)
+        explanations: list = []
+        for start in range(0, matrix.shape[1], MAX_TARGETS_PER_RUN):
+            columns = matrix[:, start:start + MAX_TARGETS_PER_RUN]
+            session, names, stacked = self._many_session(columns.shape[1])
+            values = self._run(session, names, dict(feeds, **{TARGET_INPUT: columns}), batch)
+            flat = values[self.meta["logits"]].reshape(batch, -1)
+            order = np.argsort(-flat, axis=1, kind="stable")  # ties: the lower index first, as TopK
+            for j in range(columns.shape[1]):
+                column = columns[:, j]
+                chosen = np.where(column < 0, order[np.arange(batch), np.maximum(-column - 1, 0)], column)
+                picked = {name: (value[j] if name in stacked else value) for name, value in values.items()}
+                explanations.append(self._explanation(picked, chosen.astype(np.int64), batch, False, None, check))
+        return explanations
+
+    def _target_matrix(self, target, targets: Optional[int], batch: int, classes: int) -> np.ndarray:
+        """(N, K) int64 targets: the user's matrix (classes checked), or -1 ... -K (the K best classes)."""
+        if targets is not None:
+            if target is not None:
+                raise InputError("target= and targets= are exclusive (targets=K explains each sample's K best "
+                                 "classes)")
+            if isinstance(targets, (bool, np.bool_)) or not isinstance(targets, (int, np.integer)) or targets < 1:
+                raise InputError(f"targets must be a positive int (the number of best classes), got {targets!r}")
+            if targets > classes:
+                raise InputError(f"targets={targets} asks for more classes than output {self.meta['output']!r} "
+                                 f"has ({classes})")
+            return np.tile(-np.arange(1, int(targets) + 1, dtype=np.int64), (batch, 1))
+        array = np.asarray(target)
+        if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+            raise InputError(f"target must hold integers, got {array.dtype}")
+        if array.shape[0] != batch or array.shape[1] == 0:
+            raise InputError(f"target has shape {array.shape}; several targets per sample need ({batch}, K)")
+        if np.any(array < 0):
+            raise InputError(f"target {int(array.min())} is negative")
+        if np.any(array >= classes):
+            raise InputError(f"target {int(array.max())} is out of range: output {self.meta['output']!r} has "
+                             f"{classes} classes")
+        return array.astype(np.int64)
+
+    def _many_session(self, k: int) -> tuple:
+        """(session, output names, stacked outputs) of the compiled graph rewritten for k targets, built once."""
+        with self._many_lock:
+            if k not in self._many:
+                import onnxruntime as ort
+
+                from .many_targets import many_targets
+                model, stacked = many_targets(self.model, k, self.meta["explained"])
+                with _quiet_stderr():
+                    session = ort.InferenceSession(model.SerializeToString(), self._options,
+                                                   providers=self._providers)
+                self._many[k] = (session, [o.name for o in session.get_outputs()], stacked)
+            return self._many[k]
 
     def _inferred_output_shape(self, feeds: dict) -> Optional[tuple]:
         """The explained output's shape by ONNX shape inference on the weightless compiled graph with the inputs'
@@ -401,7 +486,8 @@ class Explainer:
                     and np.all(array == np.round(array))):
                 raise InputError(f"target must be integers, got {array.dtype}")
         if array.ndim > 1:
-            raise InputError(f"target must be one int or a flat list of ints, one per sample; got shape {array.shape}")
+            raise InputError(f"target must be one int, a flat list of ints (one per sample) or an (N, K) array of "
+                             f"ints (K per sample); got shape {array.shape}")
         if array.size and np.any(array > np.iinfo(np.int64).max):  # before the cast to int64 wraps it around
             raise InputError(f"target {array.max()} is out of range")
         array = array.astype(np.int64).reshape(-1)
@@ -445,6 +531,16 @@ class Explainer:
             if out.name == self.meta["logits"] and out.shape and all(isinstance(d, int) for d in out.shape[1:]):
                 return int(np.prod(out.shape[1:]))
         return self._static_classes
+
+
+def _is_matrix(target) -> bool:
+    """True for a target given as a 2-D array (several targets per sample)."""
+    if target is None or isinstance(target, (int, np.integer)):
+        return False
+    try:
+        return np.asarray(target).ndim == 2
+    except (ValueError, TypeError):
+        return False
 
 
 def _pruned(model: onnx.ModelProto, output: str) -> onnx.ModelProto:

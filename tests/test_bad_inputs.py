@@ -449,7 +449,8 @@ def test_inputs_of_a_multi_input_model(masked):
     (-1, "target -1 is negative"),
     ([1, 2], "got 2 targets for a batch of 3"),
     ([], "got 0 targets for a batch of 3"),
-    ([[1], [2], [3]], "target must be one int or a flat list of ints, one per sample; got shape (3, 1)"),
+    ([[[1]], [[2]], [[3]]], "target must be one int, a flat list of ints (one per sample) or an (N, K) array of "
+                            "ints (K per sample); got shape (3, 1, 1)"),  # (N, K) is several targets per sample
     (1.5, "target must be integers, got float64"),
     (True, "target must be integers, got bool"),
     ("3", "target must be integers, got <U1"),

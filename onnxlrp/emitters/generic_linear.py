@@ -414,6 +414,16 @@ def _bias_axes(op, batch_axis: int = 0) -> list:
     return sorted(set(axes) - {batch_axis})
 
 
+def _per_channel(op) -> bool:
+    """True when z has a known rank > 2 and the bias is one value per channel (axis 1), constant along every
+    later axis: its relevance then reduces straight to (N, C)."""
+    if op.z_rank is None or op.z_rank <= 2:
+        return False
+    bias = pad_rank(op.bias, op.z_rank)
+    return bias.ndim == op.z_rank and bias.shape[0] == 1 and all(d == 1 for d in bias.shape[2:]) \
+        and _bias_axes(op) == list(range(2, op.z_rank))
+
+
 def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
     """Generic linear rule: returns (R_x, R_bias (N, units) or None, stabilizer share (N,) or None)."""
     if not isinstance(rule, LINEAR_RULES):
@@ -425,6 +435,7 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
     masks: dict = {}
     backs: dict = {}  # input -> [(part, transposed value)]
     bias_parts, stab_parts = [], []
+    flat_bias = op.bias is not None and _per_channel(op) and b.layout.axis == 0 and not b.layout.merged
     for plan in plans:
         group = plan.group
         z_g = _denominator(b, plan, op, inputs, shared)
@@ -443,12 +454,21 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
         reduced = None
         if plan.bias_total is not None:
             axes = _bias_axes(op, b.layout.axis if op.z_rank is not None else 0)
-            reduced = b.reduce("ReduceSum", s, axes, keepdims=True, hint="s_red") if axes else s
             factor = pad_rank(group.coeff * plan.bias_total, op.z_rank)
+            if flat_bias:  # one bias per channel: reduce straight to (N, C), no Reshape after
+                reduced = b.reduce("ReduceSum", s, axes, keepdims=False, hint="s_red")
+                factor = factor.reshape(-1)
+            else:
+                reduced = b.reduce("ReduceSum", s, axes, keepdims=True, hint="s_red") if axes else s
             bias_parts.append(b.op("Mul", [reduced, b.const(factor)], "r_bias"))
         if share is None:  # stab = z_g + sign * eps wherever s != 0: the share is sign * eps * sum(s)
-            total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum", op.z_rank)
-            stab_parts.append(b.op("Mul", [total, b.const(group.coeff * plan.eps_sign * group.eps)], "stab"))
+            weight = group.coeff * plan.eps_sign * group.eps
+            if flat_bias and reduced is not None and factor.size > 1:  # (N, C) @ (C,): sum and scale in one node
+                stab_parts.append(b.op("MatMul", [reduced, b.const(np.full(factor.size, weight))], "stab"))
+            else:
+                rank = 2 if flat_bias and reduced is not None else op.z_rank  # (N, C) after a flat reduction
+                total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum", rank)
+                stab_parts.append(b.op("Mul", [total, b.const(weight)], "stab"))
         else:
             total = b.per_sample_sum(share, "stab_sum", op.z_rank)
             stab_parts.append(total if group.coeff == 1.0 else b.op("Mul", [total, b.const(group.coeff)], "stab"))
@@ -472,7 +492,7 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
         R_b = b.add_all(bias_parts, "R_b_full")
         if op.z_rank is not None and (b.layout.axis != 0 or b.layout.merged):  # the batch moved: (N, units)
             R_b = b.to_rows(R_b, op.z_rank, "R_b")
-        elif op.z_rank != 2:  # (N, units, 1, ...) -> (N, units)
+        elif op.z_rank != 2 and not flat_bias:  # (N, units, 1, ...) -> (N, units)
             R_b = b.op("Reshape", [R_b, b.ints([0, -1])], "R_b")
     stab = b.add_all(stab_parts, "stab_all") if stab_parts else None
     return R_x, R_b, stab
