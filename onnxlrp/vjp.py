@@ -611,7 +611,8 @@ def _check_layer_norm(view: NodeView) -> Optional[str]:
         return f"the rank of {view.inputs[0]!r} is not known"
     if any(view.const(n) is None for n in view.inputs[1:] if n):
         return "its scale or bias is not a constant"
-    if any(view.outputs[1:]):
+    graph_outputs = {o.name for o in view.index.model.graph.output}
+    if any(o and (view.index.consumers.get(o) or o in graph_outputs) for o in view.outputs[1:]):
         return "its Mean / InvStdDev outputs are read (not supported)"
     return None
 
