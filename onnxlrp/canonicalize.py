@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from .errors import OnnxLrpError
 from .graph import GraphIndex
+from .merge_branches import merge_parallel_convs
 
 BYPASSED_OUTPUT_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
 
@@ -352,7 +353,7 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for rewrite in (name_nodes, constants_to_initializers, fold_batchnorm, fold_batchnorm_into_next,
-                    fold_affine_into_conv, matmul_add_to_gemm):
+                    fold_affine_into_conv, merge_parallel_convs, matmul_add_to_gemm):
         out = rewrite(out)
     return out
 
