@@ -7,8 +7,9 @@ from .errors import (  # noqa: E402
     CompileError, CompositeError, InputError, ModelLoadError, OnnxLrpError, RuleParameterError, UnsupportedModelError,
 )
 from .runtime import Explainer, Explanation  # noqa: E402
+from .evaluate import evaluate  # noqa: E402  (the function; the module stays importable as onnxlrp.evaluate)
 
-__all__ = ["compile", "compiled_metadata", "load_composite", "Explainer", "Explanation", "OnnxLrpError",
+__all__ = ["compile", "compiled_metadata", "load_composite", "Explainer", "Explanation", "evaluate", "OnnxLrpError",
            "CompileError", "CompositeError", "InputError", "ModelLoadError", "RuleParameterError",
            "UnsupportedModelError", "__version__"]
 

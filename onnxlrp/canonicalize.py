@@ -319,6 +319,8 @@ def explained_tensor(model: onnx.ModelProto, output: Optional[str]) -> tuple:
         if not floats:
             raise OnnxLrpError(f"the model has no floating-point output to explain (outputs: {', '.join(names)})")
         output = floats[0]
+    elif output not in names and output in producers:  # a tensor inside the graph (a detector's class scores)
+        floats.append(output)
     elif output not in names:
         raise OnnxLrpError(f"the model has no output {output!r} (outputs: {', '.join(names)})")
     elif output not in floats:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .cli_options import (check_output_file, command, composite_option, model_argument, output_option, parse_sets,
-                          set_option)
+from .cli_options import (check_output_file, command, composite_option, model_argument, output_option,
+                          parse_model_shapes, parse_sets, set_option, shape_option)
 
 
 @command("compile", short_help="Compile MODEL into a model that explains itself.")
@@ -19,14 +19,15 @@ from .cli_options import (check_output_file, command, composite_option, model_ar
 @click.option("--node-relevance", default=None,
               help="Extra outputs: 'sums' (relevance per tensor and sample, for profile), 'all' or comma-separated "
                    "tensor names (whole relevance tensors).")
-def compile_cmd(model, out, composite, sets, output_name, init, node_relevance) -> None:
+@shape_option
+def compile_cmd(model, out, composite, sets, output_name, init, node_relevance, shapes) -> None:
     """Compile MODEL into an augmented ONNX model (forward + relevance in one graph)."""
     from .compiler import compile as compile_model
     from .io import save_model
     check_output_file(out, "-o")
     nodes = node_relevance if node_relevance in (None, "sums", "all") else node_relevance.split(",")
     compiled = compile_model(model, composite, params=parse_sets(sets), output=output_name, init=init,
-                             node_relevance=nodes)
+                             node_relevance=nodes, shapes=parse_model_shapes(model, shapes))
     save_model(compiled, out)
     outputs = [o.name for o in compiled.graph.output]
     click.echo(f"wrote {out}: {len(compiled.graph.node)} nodes, outputs: {', '.join(outputs)}")

@@ -6,8 +6,9 @@ from typing import Optional, Sequence
 
 import click
 
-from .cli_options import (check_output_file, command, explain_composite_option, input_options, model_argument, note,
-                          output_option, parse_sets, parse_targets, read_inputs, set_option, target_option)
+from .cli_options import (check_output_file, command, explain_composite_option, input_options, mask_arguments,
+                          mask_options, model_argument, note, output_option, parse_model_shapes, parse_sets,
+                          parse_targets, read_inputs, set_option, shape_option, target_option)
 
 SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
 
@@ -29,8 +30,10 @@ SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
 @click.option("--feature-names", default=None, type=click.Path(dir_okay=False),
               help="A text file with one name per input value (per feature of a flat input, per pixel and "
                    "channel of an image): names the printed top positions and the bars of the chart.")
+@mask_options
+@shape_option
 def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, out, top, heatmap,
-                overlay, feature_names) -> None:
+                overlay, feature_names, region, channel, anchor, mask_file, shapes) -> None:
     """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
     from .report import conservation_line, top_positions
     from .runtime import Explainer
@@ -41,16 +44,22 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
         heatmap_format(heatmap)
     target = parse_targets(targets)
     names = _feature_names(feature_names)
-    explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name)
+    masks = mask_arguments(region, channel, anchor, mask_file)
+    explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name,
+                          shapes=parse_model_shapes(model, shapes))
     inputs = read_inputs(explainer, input_file, keys, size, mean, std)
     named = _named_inputs(names, inputs)
-    exp = explainer.explain(inputs, target)
+    exp = explainer.explain(inputs, target, **masks)
     n = exp.total.shape[0]
     click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}")
     for i in range(min(n, SHOWN_SAMPLES)):
         logits = exp.output.reshape(n, -1)[i]
-        click.echo(f"sample {i}: predicted {int(logits.argmax())}, explained target {int(exp.target[i])} "
-                   f"(output {float(logits[exp.target[i]]):.6g})")
+        if exp.target_mask is not None:
+            click.echo(f"sample {i}: explained sum(mask * output) over "
+                       f"{int((exp.target_mask[i] != 0).sum())} output entries = {float(exp.total[i]):.6g}")
+        else:
+            click.echo(f"sample {i}: predicted {int(logits.argmax())}, explained target {int(exp.target[i])} "
+                       f"(output {float(logits[exp.target[i]]):.6g})")
         click.echo("  " + conservation_line(exp, i))
         for name, rel in exp.relevance.items():
             labels = names if name in named else None

@@ -176,3 +176,72 @@ def read_inputs(explainer, input_file: str, keys: Sequence[str], size: Optional[
     for message in notes:
         note(message)
     return inputs
+def shape_option(fn):
+    """--shape: compile the model for one input size (its dynamic dims fixed)."""
+    return click.option("--shape", "shapes", multiple=True, metavar="[NAME=]D0,D1,...",
+                        help="Compile for this input size (repeatable, one per input; -1 keeps an axis dynamic), "
+                             "for ops that need a static size.")(fn)
+
+
+def parse_model_shapes(model: str, values: Sequence[str]) -> Optional[dict]:
+    """--shape values into {input name: dims} for the model's inputs (-1 keeps an axis dynamic)."""
+    if not values:
+        return None
+    from .graph import load_model
+    from .specialise import graph_input_names
+    names = graph_input_names(load_model(model))
+    shapes = {}
+    for item in values:
+        name, _, dims = item.rpartition("=")
+        if not name:
+            if len(names) != 1:
+                raise OnnxLrpError(f"the model has {len(names)} inputs ({', '.join(names)}): use --shape NAME=DIMS")
+            name = names[0]
+        shapes[name] = parse_ints(dims, "--shape")
+    return shapes
+
+
+def parse_ints(text: str, option: str, count: Optional[int] = None) -> list:
+    """Comma-separated ints of an option ('1,3,48,192'), `count` of them when given."""
+    try:
+        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise OnnxLrpError(f"{option} expects comma-separated integers, got {text!r}") from None
+    if not values or (count is not None and len(values) != count):
+        raise OnnxLrpError(f"{option} expects {count or 'some'} comma-separated integers, got {text!r}")
+    return values
+
+
+def mask_options(fn):
+    """--region, --channel, --anchor, --mask: explain the sum of a dense output over a mask (see targets.py)."""
+    fn = click.option("--mask", "mask_file", default=None, type=click.Path(dir_okay=False),
+                      help="Explain sum(M * output) for the mask M in this .npy (shaped like the explained output, "
+                           "or without its batch axis).")(fn)
+    fn = click.option("--anchor", default=None, metavar="A,C",
+                      help="Explain entry C of anchor A of a detection output (N, C, A) or (N, A, C); YOLOv8's "
+                           "class k is entry 4 + k.")(fn)
+    fn = click.option("--channel", default=None, type=int,
+                      help="Explain the sum of one channel (axis 1) of the output (with --region: over it).")(fn)
+    fn = click.option("--region", default=None, metavar="Y0,Y1,X0,X1",
+                      help="Explain the sum of the output map over rows Y0..Y1-1 and columns X0..X1-1.")(fn)
+    return fn
+
+
+def mask_arguments(region: Optional[str], channel: Optional[int], anchor: Optional[str],
+                   mask_file: Optional[str]) -> dict:
+    """The explain() keyword arguments of the mask options."""
+    arguments: dict = {}
+    if region is not None:
+        arguments["region"] = parse_ints(region, "--region", 4)
+    if channel is not None:
+        arguments["channel"] = channel
+    if anchor is not None:
+        arguments["anchor"] = tuple(parse_ints(anchor, "--anchor", 2))
+    if mask_file is not None:
+        import numpy as np
+        try:
+            arguments["target_mask"] = np.load(mask_file, allow_pickle=False)
+        except Exception as exc:
+            raise OnnxLrpError(f"cannot read the --mask file {mask_file} (a .npy array): "
+                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return arguments

@@ -42,6 +42,8 @@ def rules_cmd() -> None:
     shared = ", ".join(SHARED_COMPOSITES)
     click.echo(_entry(f"({shared})", f"what the built-in composites share, for `extends = \"{shared}\"` in your "
                                       f"own composite; explains nothing on its own", width))
+    from .gradient import DESCRIPTION
+    click.echo(_entry("gradient", f"{DESCRIPTION} []", width))
     click.echo("rules (the rule of a [[match]] entry, with its parameters):")
     for name, cls in RULES.items():
         params = ", ".join(rule_parameters(cls)) or "-"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -20,6 +20,8 @@ from .fold import fold_constants
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
 from .prune import prune_unused
 from .shapes import annotate_shapes, check_model
+from .targets import MASK_INPUT, mask_input_info, masked_seed
+from .specialise import NeedsStaticSize, StaticSizeError, specialise, static_size_hint
 
 METADATA_KEY = "onnxlrp"
 # graph outputs that carry forward values or the seed, not relevance: _unscale_outputs leaves them alone
@@ -183,7 +185,8 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
             continue
         reason = spec.check(view) if spec.check else None
         if reason:
-            problems.append(NodeProblem(node.op_type, node.name, reason))
+            hint = static_size_hint(model) if isinstance(reason, NeedsStaticSize) else ""
+            problems.append(NodeProblem(node.op_type, node.name, reason, hint))
             continue
         plan.specs[node.name] = spec
         assignable.append((node.op_type, spec.group(view), node.name))
@@ -206,9 +209,9 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     return plan
 
 
-def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
-    """Initial relevance: the explained value at the target (logit) or one-hot (one), divided by its magnitude;
-    returns (unit seed, total, (N,) scale)."""
+def _seed(b: GraphBuilder, explained: str, init: str, rank: Optional[int] = None) -> tuple:
+    """Initial relevance: the explained value at the target (logit) or one-hot (one), or the target mask times the
+    explained value (or the mask), divided by its magnitude; returns (unit seed, total, (N,) scale)."""
     flat = b.op("Reshape", [explained, b.ints([0, -1])], "y_flat")
     target = TARGET_INPUT
     argmax = b.op("ArgMax", [flat], "argmax", axis=1, keepdims=0)
@@ -219,6 +222,7 @@ def _seed(b: GraphBuilder, explained: str, init: str) -> tuple:
     is_target = b.op("Equal", [b.unsqueeze(chosen, [1], "target_col"), classes], "is_target")
     value = flat if init == "logit" else b.const(1.0)
     seed_flat = b.op("Where", [is_target, value, b.const(0.0)], "seed_flat")
+    seed_flat = masked_seed(b, explained, value, seed_flat, rank)  # lrp_target_mask, where one is given
     total = b.reduce("ReduceSum", seed_flat, [1], keepdims=False, hint="total")
     # Relevance is linear in the seed (every rule maps R linearly for a fixed forward pass), so the backward pass
     # runs on a unit seed, seed / |total| per sample, and _unscale_outputs multiplies every relevance output back.
@@ -258,14 +262,21 @@ def _blame_inconsistent_models(fn):
 @_blame_inconsistent_models
 def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Composite] = "epsilon_plus", *,
             params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
-            node_relevance: Union[None, str, Sequence[str]] = None) -> onnx.ModelProto:
+            node_relevance: Union[None, str, Sequence[str]] = None,
+            shapes: Optional[Mapping[str, Sequence[Optional[int]]]] = None) -> onnx.ModelProto:
     """Compile a model into one graph computing its outputs plus the LRP relevance of every float input,
-    the bias relevance of every biased node, the stabilizer share and the total (seed) per sample."""
+    the bias relevance of every biased node, the stabilizer share and the total (seed) per sample. The compiled
+    graph accepts every input size the model accepts; `shapes` ({input: dims}, -1 for an axis left dynamic)
+    specialises it to one size first."""
     if init not in ("logit", "one"):
         raise OnnxLrpError(f"init must be 'logit' or 'one', got {init!r}")
+    from .gradient import compile_gradient, is_gradient
+    if is_gradient(composite):  # gradient x input: a VJP backward pass instead of relevance rules (gradient.py)
+        return compile_gradient(model, params=params, output=output, init=init, node_relevance=node_relevance)
     source = load_model(model)
     if METADATA_KEY in {p.key for p in source.metadata_props}:
         raise OnnxLrpError("this model is already compiled by onnxlrp; compile the original model instead")
+    specialise(source, shapes)
     comp = load_composite(composite, params)
     canon = canonicalize(fold_constants(source))
     plan = plan_model(canon, comp, output)
@@ -277,7 +288,8 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
     b = GraphBuilder(canon, opset_version(canon), dtype)
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     b.foreign = {name for name, info in index.infos.items() if info.is_float and info.elem_type != elem}
-    seed, total, plan.seed_scale = _seed(b, plan.explained, init)
+    explained_rank = len(explained_info.shape) if explained_info.shape is not None else None
+    seed, total, plan.seed_scale = _seed(b, plan.explained, init, explained_rank)
     contributions: dict = {plan.explained: [seed]}
     bias_values, stab_values = {}, []
     relevance_of: dict = {}
@@ -293,7 +305,8 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         try:
             emitted = plan.specs[node.name].fn(b, plan.views[node.name], rule, outs)
         except OnnxLrpError as exc:
-            raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}") from None
+            hint = f" [{static_size_hint(source)}]" if isinstance(exc, StaticSizeError) else ""
+            raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}{hint}") from None
         except Exception as exc:  # an emitter bug must still name the node
             raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}) failed to compile: "
                                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
@@ -311,12 +324,14 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
 
 
 def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, relevance_of, total, comp, init,
-              node_relevance) -> onnx.ModelProto:
-    """Graph outputs, the target input, metadata: the finished augmented model."""
+              node_relevance, extra_outputs=(), extra_meta=None) -> onnx.ModelProto:
+    """Graph outputs, the target input, metadata: the finished augmented model (extra_outputs: value infos of
+    further outputs the caller's nodes write, extra_meta: further metadata entries)."""
     index = plan.index
     elem = helper.np_dtype_to_tensor_dtype(b.dtype)
     meta = {"version": __version__, "composite": comp.name, "params": comp.params, "init": init,
             "output": plan.output, "explained": plan.explained, "target_input": TARGET_INPUT,
+            "target_mask_input": MASK_INPUT,
             "relevance": {}, "bias": {}, "stabilizer": "lrp/stabilizer", "total": "lrp/total",
             "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
             "rules": {name: rule.describe() for name, rule in plan.rules.items()},
@@ -352,6 +367,8 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     logits_info = index.info(plan.explained)
     outputs.append(helper.make_tensor_value_info("lrp/output", elem, _dims(logits_info.shape if logits_info else None)))
     _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outputs, elem)
+    outputs.extend(extra_outputs)
+    meta.update(extra_meta or {})
     _unscale_outputs(b, outputs, plan.seed_scale)
 
     model = onnx.ModelProto()
@@ -365,6 +382,8 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     if batch is not None:
         target_vi.type.tensor_type.shape.dim[0].CopyFrom(batch)
     graph.input.append(target_vi)
+    explained_shape = index.info(plan.explained).shape
+    graph.input.append(mask_input_info(elem, len(explained_shape) if explained_shape is not None else None))
     graph.output.extend(outputs)
     model.ir_version = source.ir_version
     prune_unused(model)

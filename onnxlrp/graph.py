@@ -188,9 +188,15 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run ONNX shape inference (data propagation on); fall back to the model unchanged if it fails.
     The result carries the inferred value infos; large weights are left out of it (see shapes.weightless)."""
+    from .shape_values import complete_shapes
     from .shapes import weightless
+
+    def infer(light: onnx.ModelProto) -> onnx.ModelProto:
+        return shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+
     try:
-        return shape_inference.infer_shapes(weightless(model), check_type=False, strict_mode=False, data_prop=True)
+        light = weightless(model)
+        return complete_shapes(light, infer(light), infer)
     except Exception:
         return model
 
@@ -321,6 +327,7 @@ def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo | None:
     tt = vi.type.tensor_type
     shape = symbols = None
     if tt.HasField("shape"):
-        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        # a negative dim_value (paddle2onnx writes -1 for the batch) is a dynamic dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in tt.shape.dim)
         symbols = tuple(d.dim_param or None for d in tt.shape.dim)
     return TensorInfo(tt.elem_type, shape, symbols)

@@ -47,7 +47,12 @@ def plan_rows(model, composite: str, params: Optional[dict], output: Optional[st
     from .compiler import plan_model
     from .composites import load_composite
     from .emitters.linear import LinearOp  # noqa: F401  (linear ops decide whether a bias exists)
+    from .gradient import is_gradient, plan_gradient
     from .graph import load_model
+    if is_gradient(composite):  # every node passes its gradient; linear nodes report b * df/db
+        plan = plan_gradient(canonicalize(load_model(model)), output)
+        return [{"name": n.name, "op": n.op_type, "rule": "gradient", "bias": _has_bias(plan.views[n.name])}
+                for n in plan.nodes]
     plan = plan_model(canonicalize(load_model(model)), load_composite(composite, params), output)
     rows = []
     for node in plan.nodes:

@@ -17,6 +17,7 @@ from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
 from .errors import InputError, ModelLoadError, OnnxLrpError
 from .graph import ModelLike, inconsistency, load_model
 from .session_tuning import release_freed_memory, tune_options
+from .targets import MASK_INPUT, build_mask
 
 _PROBE_LOCK = threading.Lock()
 _CUDA_WORKS: Optional[bool] = None
@@ -107,6 +108,8 @@ class Explanation:
     rules: dict = field(default_factory=dict)           # node name -> rule description
     graph: list = field(default_factory=list)           # [(node, op type, relevance inputs, outputs)], graph order
     edges: dict = field(default_factory=dict)           # tensor -> {consumer node: (N,) relevance it sent back}
+    gradient: dict = field(default_factory=dict)        # gradient composite: input name -> df/dx (see gradient.py)
+    target_mask: Optional[np.ndarray] = None            # the mask M where one was given (then target is -1)
 
     def conservation(self) -> dict:
         """Per sample: inputs, biases, stabilizer, their sum, the total and the relative error."""
@@ -126,16 +129,19 @@ class Explainer:
     def __init__(self, model: Union[ModelLike, onnx.ModelProto], composite: Optional[str] = None, *,
                  params: Optional[dict] = None, output: Optional[str] = None, init: Optional[str] = None,
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
-                 session_options=None) -> None:
+                 session_options=None, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> None:
         import onnxruntime as ort
         proto = source = load_model(model)
         meta = compiled_metadata(proto)
         if meta is None:
             proto = compile_model(proto, composite or "epsilon_plus", params=params, output=output,
-                                  init=init or "logit", node_relevance=node_relevance)
+                                  init=init or "logit", node_relevance=node_relevance, shapes=shapes)
             meta = compiled_metadata(proto)
         else:  # a compiled model: an option that needs a new compilation is refused, not ignored
             refuse_other_options(meta, composite, params, output, init)
+            if shapes:
+                raise OnnxLrpError("shapes= specialises a model while compiling it; this model is already compiled "
+                                   "(compile the original with shapes=, or pass the compiled one without it)")
         self.model = proto
         self.meta = meta
         options = session_options or ort.SessionOptions()
@@ -156,7 +162,8 @@ class Explainer:
         del proto, source
         release_freed_memory()
         self.provider = self.session.get_providers()[0]
-        self.inputs = [i for i in self.session.get_inputs() if i.name != TARGET_INPUT]
+        self.inputs = [i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, MASK_INPUT)]
+        self._shapes: dict = {}  # input shapes -> explained output shape (see _output_shape)
         self._output_names = [o.name for o in self.session.get_outputs()]
 
     @property
@@ -213,10 +220,24 @@ class Explainer:
             raise InputError("the batch is empty")
         return feeds, batch
 
-    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None) -> Explanation:
-        """Explain a batch: target None (argmax), one int for every sample, or N ints."""
+    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None, *, target_mask=None, region=None,
+                channel=None, anchor=None) -> Explanation:
+        """Explain a batch: target None (argmax), one int for every sample, or N ints; or, for a dense output, the
+        sum of the output over a mask: target_mask (shaped like the explained output, or without its batch axis),
+        region=(y0, y1, x0, x1) and/or channel=k of a map, anchor=(anchor, class) (or one pair per sample) of a
+        detection tensor (N, C, A) or (N, A, C) (see targets.py). The explained quantity is sum(M * output)."""
         feeds, batch = self._feeds(inputs)
-        feeds[TARGET_INPUT] = self._targets(target, batch)
+        masked = any(v is not None for v in (target_mask, region, channel, anchor))
+        mask = None
+        if masked:
+            if target is not None:
+                raise InputError("target= and a mask (target_mask=, region=, channel=, anchor=) are exclusive")
+            mask = build_mask(self._output_shape(feeds, batch), self._mask_dtype(), target_mask, region, channel,
+                              anchor)
+            feeds[TARGET_INPUT] = np.full(batch, -1, dtype=np.int64)
+            feeds[MASK_INPUT] = mask
+        else:
+            feeds[TARGET_INPUT] = self._targets(target, batch)
         try:
             values = dict(zip(self._output_names, self.session.run(None, feeds)))
         except Exception as exc:
@@ -231,6 +252,9 @@ class Explainer:
             bad = int(feeds[TARGET_INPUT].max())
             raise InputError(f"target {bad} is out of range: output {self.meta['output']!r} has {flat.shape[1]} classes")
         targets = np.where(feeds[TARGET_INPUT] < 0, flat.argmax(axis=1), feeds[TARGET_INPUT]).astype(np.int64)
+        if masked:
+            targets = np.full(batch, -1, dtype=np.int64)
+            mask = np.broadcast_to(mask, logits.shape)
         meta = self.meta
         return Explanation(
             output=logits, target=targets, total=values[meta["total"]],
@@ -241,7 +265,54 @@ class Explainer:
             node_stabilizer={k: values[v] for k, v in meta["node_stabilizer"].items()},
             rules=dict(meta.get("rules", {})),
             graph=[tuple(entry) for entry in meta.get("graph", [])],
-            edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()})
+            edges={t: {n: values[v] for n, v in sent.items()} for t, sent in meta.get("edges", {}).items()},
+            gradient={k: values[v] for k, v in meta.get("gradient", {}).items()},
+            target_mask=mask)
+
+    def _inferred_output_shape(self, feeds: dict) -> Optional[tuple]:
+        """The explained output's shape by ONNX shape inference on the weightless compiled graph with the inputs'
+        dims fixed to these feeds' (a fraction of a forward pass), None where inference cannot tell."""
+        from onnx import shape_inference
+
+        from .shapes import weightless
+        from .specialise import specialise
+        try:
+            light = specialise(weightless(self.model), {name: value.shape for name, value in feeds.items()})
+            inferred = shape_inference.infer_shapes(light, data_prop=True)
+        except Exception:
+            return None
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            if vi.name == self.meta["explained"]:
+                dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+                return tuple(dims) if dims and all(d > 0 for d in dims) else None
+        return None
+
+    def _mask_dtype(self) -> np.dtype:
+        """The float type of the lrp_target_mask input (refused for models compiled before it existed)."""
+        spec = next((i for i in self.session.get_overridable_initializers() if i.name == MASK_INPUT), None)
+        if spec is None or self.meta.get("target_mask_input") != MASK_INPUT:
+            raise OnnxLrpError("this compiled model has no lrp_target_mask input (compiled by an older onnxlrp): "
+                               "compile the original model again to explain masks, regions or anchors")
+        return np.dtype(_ORT_TYPES.get(spec.type, np.float32))
+
+    def _output_shape(self, feeds: dict, batch: int) -> tuple:
+        """The explained output's shape for these inputs: from the declared dims where they are static, else from
+        shape inference at these input sizes, else from a run; cached per input shape."""
+        declared = next((o.shape for o in self.session.get_outputs() if o.name == self.meta["logits"]), None)
+        if declared and all(isinstance(d, int) and d > 0 for d in declared[1:]):
+            return (batch,) + tuple(declared[1:])
+        key = tuple((name, value.shape) for name, value in sorted(feeds.items()))
+        if key not in self._shapes:
+            inferred = self._inferred_output_shape(feeds)
+            if inferred is not None:
+                self._shapes[key] = inferred
+                return inferred
+            probe = dict(feeds, **{TARGET_INPUT: np.full(batch, -1, dtype=np.int64)})
+            try:
+                self._shapes[key] = self.session.run([self.meta["logits"]], probe)[0].shape
+            except Exception as exc:
+                raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
+        return self._shapes[key]
 
     def _targets(self, target, batch: int) -> np.ndarray:
         """Targets as (N,) int64; -1 means argmax (computed in the graph)."""

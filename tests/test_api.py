@@ -24,9 +24,12 @@ def test_compiled_model_is_standard_onnx_and_keeps_ir_version():
 
 
 def test_compiled_interface_names():
-    """Inputs: original + lrp_target; outputs: original + relevance, bias per node, stabilizer, total, logits."""
+    """Inputs: original + lrp_target + lrp_target_mask (optional: an initializer holds its default, NaN);
+    outputs: original + relevance, bias per node, stabilizer, total, logits."""
     compiled = onnxlrp.compile(random_mlp([6, 8, 4]), "epsilon")
-    assert [i.name for i in compiled.graph.input] == ["input", "lrp_target"]
+    assert [i.name for i in compiled.graph.input] == ["input", "lrp_target", "lrp_target_mask"]
+    default = next(t for t in compiled.graph.initializer if t.name == "lrp_target_mask")
+    assert np.isnan(onnx.numpy_helper.to_array(default)).all()
     assert [o.name for o in compiled.graph.output] == [
         "logits", "lrp/relevance/input", "lrp/bias/dense1", "lrp/bias/dense0", "lrp/stabilizer", "lrp/total",
         "lrp/output"]

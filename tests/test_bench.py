@@ -29,12 +29,35 @@ def test_run_bench_measures_forward_and_explanation():
     assert result.compiled_nodes > result.nodes > 0 and result.compile_s > 0
 
 
-def test_fast_models_get_more_rounds():
-    """A sub-millisecond model is timed for at least min_s seconds (up to 20x the rounds asked), so that its median
-    is not one noisy round among three."""
-    result = run_bench(str(MODELS / "digits_mlp.onnx"), "epsilon", repeats=3, warmup=1, threads=1, min_s=0.3,
+class _FakeClock:
+    """perf_counter that advances by `step` seconds per call: interleaved() timed without a real clock."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def perf_counter(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.parametrize("step,rounds", [(1e-4, 60), (0.05, 3)])
+def test_fast_models_get_more_rounds(monkeypatch, step, rounds):
+    """A sub-millisecond call is timed for at least min_s seconds (up to 20x the rounds asked), so that its median
+    is not one noisy round among three; a slow call stops at the rounds asked. A fake clock makes it exact."""
+    import onnxlrp.bench as bench
+    clock = _FakeClock(step)
+    monkeypatch.setattr(bench.time, "perf_counter", clock.perf_counter)
+    calls = {"forward": lambda: None, "explain": lambda: None}
+    medians, timed = bench.interleaved(calls, warmup=1, repeats=3, min_s=0.3)
+    assert timed == rounds
+    assert medians == {"forward": pytest.approx(step), "explain": pytest.approx(step)}
+
+
+def test_run_bench_times_the_shipped_mlp():
+    """run_bench end to end on a real model: positive medians and at least the rounds asked."""
+    result = run_bench(str(MODELS / "digits_mlp.onnx"), "epsilon", repeats=3, warmup=1, threads=1, min_s=0.0,
                        isolated=False)
-    assert result.rounds == 60  # 60 rounds of this MLP take far less than 0.3 s: it stops at the 20x cap
+    assert result.rounds == 3 and result.forward_s > 0 and result.explanation_s > 0
 
 
 def test_cli_bench_prints_the_ratio_and_throughput():

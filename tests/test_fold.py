@@ -194,16 +194,18 @@ def test_a_folder_that_changes_the_model_is_caught(monkeypatch):
 
 
 def test_a_value_read_from_a_dynamic_axis_is_named_in_the_error():
-    """An Add of an activation and the batch size: nothing folds it, and the error says it reads axis 0 of x."""
+    """A Gather whose indices come from the batch size: nothing folds them, and the error says they read axis 0 of
+    x. (An Add of an activation and such a value is explained: a run-time offset is a bias, see
+    test_ops_arithmetic.test_runtime_offset_is_a_bias.)"""
     nodes = [helper.make_node("Shape", ["x"], ["shape"], name="the_shape"),
              helper.make_node("Gather", ["shape", "zero"], ["n"]),
-             helper.make_node("Cast", ["n"], ["nf"], to=onnx.TensorProto.FLOAT),
+             helper.make_node("Sub", ["n", "one"], ["index"]),
              helper.make_node("Gemm", ["x", "w"], ["h"]),
-             helper.make_node("Add", ["h", "nf"], ["y"], name="the_add")]
-    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", ["N", 2])],
-                       {"zero": np.array(0, np.int64), "w": np.ones((3, 2), np.float32)})
+             helper.make_node("Gather", ["h", "index"], ["y"], name="the_gather", axis=1)]
+    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", ["N"])],
+                       {"zero": np.array(0, np.int64), "one": np.array(1, np.int64), "w": np.ones((3, 2), np.float32)})
     with pytest.raises(UnsupportedModelError) as info:
         onnxlrp.compile(model)
     message = str(info.value)
-    assert "Add x1 (the_add)" in message
+    assert "Gather x1 (the_gather)" in message
     assert "reads the dynamic axis 0 of 'x' (node 'the_shape')" in message

@@ -128,10 +128,53 @@ def _gate_model(pattern: str, opset: int):
                   helper.make_node("Relu", ["q"], ["r"]), helper.make_node("Conv", ["r", "W2"], ["t"]),
                   helper.make_node("HardSigmoid", ["t"], ["h"], alpha=1 / 6),
                   helper.make_node("Reshape", ["h", "shape"], ["hs"]), helper.make_node("Mul", ["hs", "f"], ["y"])]
+    else:
+        nodes += _exporter_gate(pattern, inits, opset)
     return make_model(nodes, [tensor("x", ["N", 2, 4, 4])], [tensor("y", [None] * 4)], inits, opset)
 
 
-@pytest.mark.parametrize("pattern", ["swish", "hardswish_as_mul", "gelu_erf", "squeeze_excitation"])
+def _exporter_gate(pattern: str, inits: dict, opset: int) -> list:
+    """f times a gate of f as other exporters spell it (paddle2onnx, tf2onnx, a sigmoid written out), or f scaled
+    by a run-time weight that carries no relevance."""
+    f32 = lambda v: np.array(v, dtype=np.float32)  # noqa: E731
+    inits.update(three=f32(3.0), zero=f32(0.0), six=f32(6.0), sixth=f32(1 / 6), half=f32(0.5), one=f32(1.0))
+    mk = helper.make_node
+    if pattern == "hardswish_clip_paddle":  # x * Clip(x + 3, 0, 6) / 6
+        clip = (mk("Clip", ["a", "zero", "six"], ["g"]) if opset >= 11 else mk("Clip", ["a"], ["g"], min=0.0, max=6.0))
+        return [mk("Add", ["f", "three"], ["a"]), clip, mk("Mul", ["f", "g"], ["m"]), mk("Div", ["m", "six"], ["y"])]
+    if pattern == "hardsigmoid_clip_tf2onnx":  # x * Clip(x / 6 + 0.5, 0, 1)
+        return [mk("Mul", ["f", "sixth"], ["a"]), mk("Add", ["a", "half"], ["b"]),
+                mk("Clip", ["b", "zero", "one"], ["g"]), mk("Mul", ["g", "f"], ["y"])]
+    if pattern == "relu6_as_min":  # x * Min(Relu(x + 3), 6) / 6, the gate scaled inside
+        return [mk("Add", ["f", "three"], ["a"]), mk("Relu", ["a"], ["r"]), mk("Min", ["r", "six"], ["c"]),
+                mk("Mul", ["c", "sixth"], ["g"]), mk("Mul", ["f", "g"], ["y"])]
+    if pattern == "relu6_as_max_min":  # x * Max(Min(x + 3, 6), 0) * (1/6)
+        return [mk("Add", ["f", "three"], ["a"]), mk("Min", ["a", "six"], ["c"]), mk("Max", ["c", "zero"], ["d"]),
+                mk("Mul", ["f", "d"], ["m"]), mk("Mul", ["m", "sixth"], ["y"])]
+    if pattern == "sigmoid_reciprocal":  # x * 1 / (1 + exp(-x))
+        return [mk("Neg", ["f"], ["n"]), mk("Exp", ["n"], ["e"]), mk("Add", ["e", "one"], ["d"]),
+                mk("Reciprocal", ["d"], ["g"]), mk("Mul", ["f", "g"], ["y"])]
+    if pattern == "sigmoid_div":  # x * (1 / (1 + exp(-1 * x)))
+        inits.update(minus=f32(-1.0))
+        return [mk("Mul", ["f", "minus"], ["n"]), mk("Exp", ["n"], ["e"]), mk("Add", ["one", "e"], ["d"]),
+                mk("Div", ["one", "d"], ["g"]), mk("Mul", ["g", "f"], ["y"])]
+    if pattern == "swish_as_div":  # x / (1 + exp(-x))
+        return [mk("Neg", ["f"], ["n"]), mk("Exp", ["n"], ["e"]), mk("Add", ["e", "one"], ["d"]),
+                mk("Div", ["f", "d"], ["y"])]
+    if pattern == "runtime_weight":  # x * (a scale computed from x's shape: carries no relevance)
+        inits.update(ax=np.array([3], dtype=np.int64))
+        return [mk("Shape", ["f"], ["s"]), mk("Gather", ["s", "ax"], ["w"]), mk("Cast", ["w"], ["wf"], to=1),
+                mk("Mul", ["f", "wf"], ["y"])]
+    raise ValueError(pattern)
+
+
+GATE_PATTERNS = ["swish", "hardswish_as_mul", "gelu_erf", "squeeze_excitation", "hardswish_clip_paddle",
+                 "hardsigmoid_clip_tf2onnx", "relu6_as_min", "relu6_as_max_min", "sigmoid_reciprocal", "sigmoid_div",
+                 "swish_as_div", "runtime_weight"]
+TRAILING_SCALE = ("gelu_erf", "hardswish_clip_paddle", "relu6_as_max_min")  # a constant scale after the product
+
+
+@pytest.mark.parametrize("pattern", GATE_PATTERNS)
 @pytest.mark.parametrize("opset", [11, NEWEST_OPSET])
 def test_signal_times_gate(pattern, opset):
     """signal * gate: the Conv output f receives R_y exactly (the gate is a constant weight; the gate branch gets
@@ -145,11 +188,9 @@ def test_signal_times_gate(pattern, opset):
     J, _ = linearise(make_model([model.graph.node[0]], [tensor("x", ["N", 2, 4, 4])], [tensor("f", [None] * 4)],
                                 {"W": _weight(model, "W")}, opset), "x", (1, 2, 4, 4))
     R_f = R.astype(np.float64)
-    if pattern == "gelu_erf":  # the trailing Mul by 0.5 is a constant scale under epsilon: R * m / stab(m)
-        m = forward(make_model(model.graph.node[:-1], [tensor("x", ["N", 2, 4, 4])], [tensor("m", [None] * 4)],
-                               {t.name: _weight(model, t.name) for t in model.graph.initializer}, opset),
-                    {"x": x})[0].astype(np.float64) * 0.5
-        R_f = R_f * m / (m + 1e-6 * np.where(m < 0, -1.0, 1.0))
+    if pattern in TRAILING_SCALE:  # the trailing constant scale is an affine node under epsilon: R * y / stab(y)
+        yd = y.astype(np.float64)
+        R_f = R_f * yd / (yd + 1e-6 * np.where(yd < 0, -1.0, 1.0))
     for i in range(2):
         Rx, _, _ = ref.epsilon(J, np.zeros(J.shape[0]), x[i].reshape(-1).astype(np.float64), R_f[i].reshape(-1), 1e-6)
         assert_close(res.relevance["x"][i].reshape(-1), Rx, 1e-5, f"{pattern} sample {i}")
@@ -168,6 +209,21 @@ def test_product_of_two_activations_is_refused():
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"], name="prod")]
     model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", [None, None])])
     with pytest.raises(UnsupportedModelError, match=r"Mul x1 \(prod\): both operands carry data"):
+        explain_dense(model, {"x": np.ones((1, 3))}, np.ones((1, 3), np.float32))
+
+
+@pytest.mark.parametrize("nodes,message", [
+    ([helper.make_node("Clip", ["x", "lo", "hi"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"], name="prod")],
+     r"Mul x1 \(prod\): both operands carry data"),  # ReLU6 of x itself (no shift) is an activation, not a gate
+    ([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Div", ["x", "r"], ["y"], name="prod")],
+     r"Div x1 \(prod\): both operands carry data \(dividing by an activation is not linear")],
+    ids=["relu6_no_shift", "div_by_activation"])
+def test_products_that_are_no_gates_are_refused(nodes, message):
+    """A product of two activations that no gate spelling matches is refused with the node's name."""
+    from onnxlrp.errors import UnsupportedModelError
+    inits = {"lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)}
+    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", [None, None])], inits)
+    with pytest.raises(UnsupportedModelError, match=message):
         explain_dense(model, {"x": np.ones((1, 3))}, np.ones((1, 3), np.float32))
 
 
@@ -192,3 +248,28 @@ def test_gate_broadcasting_the_signal():
     assert_close(res.relevance["s"], R.astype(np.float64).sum(axis=(2, 3), keepdims=True), 1e-6)
     assert np.all(res.relevance["g"] == 0)
     assert res.conservation_error(R) < 1e-6
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub"])
+@pytest.mark.parametrize("offset_first", [False, True])
+def test_runtime_offset_is_a_bias(op, offset_first):
+    """x + o and x - o (or o - x) with o computed at run time from shapes (a detector's anchor grid): the epsilon
+    rule with o as the bias, R_x = +-x * s, R_o = +-o * s (reported as the node's bias relevance), s = R / stab(y)."""
+    mk = helper.make_node
+    inits = {"one": np.array(1, np.int64), "zero": np.array(0, np.int64), "ax": np.array([2], np.int64)}
+    nodes = [mk("Shape", ["x"], ["s"]), mk("Gather", ["s", "ax"], ["w"]), mk("Squeeze", ["w"], ["wn"]),
+             mk("Range", ["zero", "wn", "one"], ["r"]), mk("Cast", ["r"], ["o"], to=1),
+             mk(op, ["o", "x"] if offset_first else ["x", "o"], ["y"], name="offset_op")]
+    model = make_model(nodes, [tensor("x", ["N", 3, "W"])], [tensor("y", [None] * 3)], inits)  # W: not foldable
+    g = rng(14)
+    x = g.normal(size=(2, 3, 5)).astype(np.float32)
+    y = forward(model, {"x": x})[0].astype(np.float64)
+    R = seed_like(y, g)
+    res = explain_dense(model, {"x": x}, R, {"affine": ("epsilon", {"epsilon": 1e-6})})
+    s = R.astype(np.float64) / (y + 1e-6 * np.where(y < 0, -1.0, 1.0))
+    o = np.arange(5, dtype=np.float64)
+    sign_x = -1.0 if (op == "Sub" and offset_first) else 1.0
+    sign_o = -1.0 if (op == "Sub" and not offset_first) else 1.0
+    assert_close(res.relevance["x"], sign_x * x * s, 1e-5)
+    assert_close(res.bias["offset_op"], (sign_o * o * s).reshape(2, -1), 1e-5)
+    assert res.conservation_error(R) < 1e-5

@@ -111,15 +111,3 @@ def test_conv_transpose_opsets(opset):
     x_shape, w_shape, attrs = CONVT_CASES["2d_k2s2_unet"]
     model, units = _conv(x_shape, w_shape, op="ConvTranspose", opset=opset, **attrs)
     check_linear(model, x_shape, "gamma", {"gamma": 0.25}, "W", units)
-
-
-def test_unknown_spatial_shape_names_the_tensor():
-    """A Conv whose input's spatial size is unknown at compile time: the error names the node and the tensor."""
-    from onnx import helper
-    from onnxlrp.errors import UnsupportedModelError
-    from ops_harness import explain_dense, make_model, tensor
-    w = rng(0).normal(size=(2, 3, 3, 3)).astype(np.float32)
-    node = helper.make_node("Conv", ["x", "W"], ["y"], name="c1", strides=[2, 2])
-    model = make_model([node], [tensor("x", ["N", 3, "H", "W"])], [tensor("y", [None] * 4)], {"W": w})
-    with pytest.raises(UnsupportedModelError, match=r"Conv x1 \(c1\): the spatial shape of its input 'x' is not known"):
-        explain_dense(model, {"x": np.ones((1, 3, 5, 5))}, np.ones((1, 2, 2, 2), np.float32))

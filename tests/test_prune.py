@@ -40,7 +40,10 @@ def test_compiled_cnn_keeps_no_dead_tensors(tmp_path):
             f"ort.InferenceSession({str(path)!r}, o, providers=['CPUExecutionProvider'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "CleanUnusedInitializersAndNodeArgs" not in done.stderr and "[W:" not in done.stderr  # warnings
+    # no warnings but onnxruntime's note that lrp_target_mask, an optional input (an initializer holds its default),
+    # is not constant: that is how ONNX spells an optional input
+    warnings = [line for line in done.stderr.splitlines() if "[W:" in line and "lrp_target_mask" not in line]
+    assert "CleanUnusedInitializersAndNodeArgs" not in done.stderr and not warnings, done.stderr
     with np.load(shipped_model_dir() / "digits_samples.npz") as archive:
         images = archive["images"]
     logits = ort.InferenceSession(str(CNN), providers=["CPUExecutionProvider"]).run(None, {"input": images})[0]

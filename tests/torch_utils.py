@@ -11,23 +11,28 @@ import onnx
 EXPORTERS = ("legacy", "dynamo")
 
 
-def export(model, example, path: Path, exporter: str, opset: int = 17, input_name: str = "input") -> Path:
-    """Export a torch model to ONNX with the legacy (dynamo=False) or dynamo exporter, batch dim dynamic."""
+def export(model, example, path: Path, exporter: str, opset: int = 17, input_name: str = "input",
+           dynamic_spatial: bool = False) -> Path:
+    """Export a torch model to ONNX with the legacy (dynamo=False) or dynamo exporter, batch dim dynamic (and, with
+    dynamic_spatial, every axis after the channels: height, width)."""
     import torch
     model.eval()
     path = Path(path)
+    spatial = range(2, example.dim()) if dynamic_spatial else ()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "legacy":
+            axes = {0: "batch", **{a: f"d{a}" for a in spatial}}
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=[input_name], output_names=["logits"],
-                              dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}})
+                              dynamic_axes={input_name: axes, "logits": {0: "batch"}})
         else:
             batch = torch.export.Dim("batch", min=1, max=1024)
             os.environ.setdefault("TORCH_LOGS", "")
+            dims = {0: batch, **{a: torch.export.Dim.AUTO for a in spatial}}
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, 18),
                                         input_names=[input_name], output_names=["logits"],
-                                        dynamic_shapes=({0: batch},), verbose=False)
+                                        dynamic_shapes=(dims,), verbose=False)
             program.save(str(path), external_data=True)
     proto = onnx.load(str(path), load_external_data=False)
     if proto.ir_version > 10:  # onnxruntime 1.31 reads at most IR 13; keep a safe, widely read version

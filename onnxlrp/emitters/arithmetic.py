@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
+
 from ..builder import GraphBuilder
 from ..rules import LINEAR_RULES, Pass, Rule
 from . import Emitted, NodeView, register
@@ -19,17 +21,30 @@ def _constant_operand(view: NodeView) -> bool:
     return len(view.inputs) == 2 and len(data) == 1 and len(consts) == 1
 
 
+def runtime_offset(view: NodeView) -> Optional[int]:
+    """Position of the operand of a binary Add/Sub that is computed at run time but carries no relevance (an offset
+    computed from shapes, such as a detector's anchor grid) when the other operand carries it; None otherwise."""
+    if len(view.inputs) != 2:
+        return None
+    relevant = [view.is_relevant(n) for n in view.inputs]
+    if relevant.count(True) != 1:
+        return None
+    k = relevant.index(False)
+    return k if view.const(view.inputs[k]) is None else None
+
+
 def _group(view: NodeView) -> str:
-    """'affine' for an activation with a constant, 'sum' for a sum of activations."""
-    return "affine" if _constant_operand(view) else "sum"
+    """'affine' for an activation with a constant or a run-time offset, 'sum' for a sum of activations."""
+    return "affine" if _constant_operand(view) or runtime_offset(view) is not None else "sum"
 
 
 def _check_add(view: NodeView) -> Optional[str]:
-    """Add/Sub: a constant operand, or activations whose ranks are known (they may broadcast)."""
+    """Add/Sub: a constant operand, or activations (and at most one run-time offset) of known ranks (they may
+    broadcast)."""
     if _constant_operand(view):
         return _check_broadcast(view)
     silent = [n for n in view.inputs if not view.is_relevant(n)]
-    if silent:
+    if silent and runtime_offset(view) is None:
         from ..fold import why_not_constant
         return (f"its operand {silent[0]!r} is computed at run time but carries no relevance "
                 f"({why_not_constant(view.index, silent[0])})")
@@ -59,21 +74,29 @@ def _check_broadcast(view: NodeView) -> Optional[str]:
     return None
 
 
-def _sum_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list, signs: list) -> Emitted:
+def _sum_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list, signs: list,
+              offset: Optional[int] = None) -> Emitted:
     """Norm over a sum y = sum_i sign_i x_i: s = R / stab(y), R_i = sign_i * x_i * J_i^T s (J_i^T sums s over the
-    axes x_i was broadcast along); stabilizer share s * eps * sgn0(y)."""
+    axes x_i was broadcast along); stabilizer share s * eps * sgn0(y). The operand at position `offset` (a run-time
+    offset that carries no relevance) is a bias: sign * x * s, per output position, is its relevance (N, units)."""
     eps = rule.groups()[0].eps
     y = view.outputs[0]
     s, share = b.normalize(R[0], y, eps)
     out_shape = view.shape(y)
-    rel = []
-    for name, sign in zip(view.inputs, signs):
+    rel, bias = [], None
+    for k, (name, sign) in enumerate(zip(view.inputs, signs)):
+        if k == offset:
+            r = b.op("Mul", [name, s], "r_offset")
+            r = r if sign == 1 else b.op("Neg", [r], "r_offset_neg")
+            bias = b.op("Reshape", [r, b.ints([0, -1])], "R_b")
+            rel.append(None)
+            continue
         x_shape = view.shape(name)
         s_x = s if x_shape == out_shape else unbroadcast(b, s, name, x_shape, len(out_shape))
         r = b.op("Mul", [name, s_x], "r_in")
         rel.append(r if sign == 1 else b.op("Neg", [r], "r_in_neg"))
     stab = b.per_sample_sum(share, "stab_sum")
-    return Emitted(rel, None, stab)
+    return Emitted(rel, bias, stab)
 
 
 def _norm_rules() -> tuple:
@@ -83,17 +106,18 @@ def _norm_rules() -> tuple:
 
 
 def _add_rules(view: NodeView) -> tuple:
-    """Any linear rule with a constant operand; Norm/Epsilon for a sum of activations."""
+    """Any linear rule with a constant operand; Norm/Epsilon for a sum of activations or a run-time offset."""
     return LINEAR_RULES if _constant_operand(view) else _norm_rules()
 
 
 @register(("Add", "Sub"), group=_group, rules=_add_rules, check=_check_add)
 def emit_add(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Add/Sub of a constant: affine linear node; of two activations: the Norm rule."""
+    """Add/Sub of a constant: affine linear node; of two activations: the Norm rule; of an activation and a
+    run-time offset: the epsilon rule with the offset as the bias, R_x = x * s, R_offset = offset * s."""
     if _constant_operand(view):
         return emit_affine(b, view, rule, R)
     signs = [1, -1] if view.op_type == "Sub" else [1, 1]
-    return _sum_norm(b, view, rule, R, signs)
+    return _sum_norm(b, view, rule, R, signs, runtime_offset(view))
 
 
 def _check_sum(view: NodeView) -> Optional[str]:
@@ -110,44 +134,185 @@ def emit_sum(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
 
 
 def _check_scale(view: NodeView) -> Optional[str]:
-    """Mul/Div: by a constant, or (Mul) a signal times a gate (a product of two other activations is not linear)."""
-    if view.op_type == "Div" and not view.is_relevant(view.inputs[0]):
-        return "dividing a constant by an activation is not linear"
-    if view.op_type == "Mul" and not _constant_operand(view):
-        return _check_gate(view)
-    if not _constant_operand(view):
-        return "both operands carry data (a product of two activations is not linear)"
-    return _check_broadcast(view)
+    """Mul/Div: by a constant, or a signal scaled by a gate or a run-time weight (see gate_split); a product of two
+    other activations is not linear."""
+    if _constant_operand(view):
+        return _check_broadcast(view)
+    if gate_split(view) is not None:
+        return None
+    if view.op_type == "Div":
+        if not view.is_relevant(view.inputs[0]):
+            return "dividing a constant by an activation is not linear"
+        return "both operands carry data (dividing by an activation is not linear; only by 1 + exp(-u) is)"
+    return _check_gate(view)
 
 
 # ---- gates ----------------------------------------------------------------------------------------------------
+# One recogniser for every spelling of a gate that exporters write: the ops themselves (Sigmoid, HardSigmoid), a
+# hard-sigmoid as clip(a x + b, 0, c) (paddle2onnx: Clip(x + 3, 0, 6), followed by / 6 after the product; tf2onnx:
+# Clip(x / 6 + 0.5, 0, 1), or ReLU6 as Min(Relu(.), 6) / Max(Min(., 6), 0)), a sigmoid written out as
+# 1 / (1 + exp(-x)) (Reciprocal or Div), and GELU's 1 + erf(.) / 1 + tanh(.).
 GATES = ("Sigmoid", "HardSigmoid")
 GELU_GATES = ("Erf", "Tanh")  # 1 + erf(x / sqrt 2), 1 + tanh(...): a gate once a constant was added
 SHAPE_ONLY = ("Reshape", "Expand", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Cast", "Transpose", "Tile")
+GATE_DEPTH = 16
 
 
-def gate_of(view: NodeView, name: str, shifted: bool = False, depth: int = 0) -> Optional[str]:
-    """The op that makes `name` a gate (Sigmoid, HardSigmoid, or the Erf / Tanh of 1 + erf(.)), followed back
-    through shape-only ops and arithmetic with constants; None if `name` is not a gate."""
-    node = view.index.producer.get(name)
-    if node is None or depth > 16:
+def _through_constants(view: NodeView, name: str, depth: int = 0) -> tuple:
+    """Follow `name` back through shape-only ops and arithmetic with one constant operand: (the value reached,
+    whether an Add/Sub of a constant was passed)."""
+    shifted = False
+    while depth <= GATE_DEPTH:
+        node = view.index.producer.get(name)
+        if node is None:
+            break
+        if node.op_type in SHAPE_ONLY:
+            name, depth = node.input[0], depth + 1
+            continue
+        data = _with_one_constant(view, node)
+        if data is None:
+            break
+        shifted = shifted or node.op_type in ("Add", "Sub")
+        name, depth = data, depth + 1
+    return name, shifted
+
+
+def _with_one_constant(view: NodeView, node) -> Optional[str]:
+    """The data operand of an Add/Sub/Mul/Div whose other operand is a constant, else None."""
+    if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(node.input) != 2:
         return None
+    consts = [view.const(i) is not None for i in node.input]
+    if consts.count(True) != 1:
+        return None
+    return node.input[consts.index(False)]
+
+
+def _scalar(view: NodeView, name: str) -> Optional[float]:
+    """The value of a constant holding one number (any shape of size 1), None otherwise."""
+    value = view.const(name) if name else None
+    if value is None or value.size != 1:
+        return None
+    return float(value.reshape(-1)[0])
+
+
+def _clip_bounds(view: NodeView, node) -> tuple:
+    """(min, max) of a Clip node (attributes below opset 11, constant inputs from 11); None where unbounded/unknown."""
+    low = node.input[1] if len(node.input) > 1 else ""
+    high = node.input[2] if len(node.input) > 2 else ""
+    attrs = {a.name: a.f for a in node.attribute if a.name in ("min", "max")}
+    lo = _scalar(view, low) if low else attrs.get("min")
+    hi = _scalar(view, high) if high else attrs.get("max")
+    return lo, hi
+
+
+def _bounded_below_zero(view: NodeView, node) -> Optional[str]:
+    """The input of a ReLU6-like node bounded to [0, c]: Clip(u, 0, c), Min(Relu(u), c), Min(Max(u, 0), c),
+    Max(Min(u, c), 0) (c finite); None for anything else."""
+    if node.op_type == "Clip":
+        lo, hi = _clip_bounds(view, node)
+        ok = lo is not None and hi is not None and lo >= 0 and np.isfinite(hi)
+        return node.input[0] if ok else None
+    if node.op_type not in ("Min", "Max") or len(node.input) != 2:
+        return None
+    data = _with_one_constant_any(view, node)
+    if data is None:
+        return None
+    value, inner_name = data
+    inner = view.index.producer.get(inner_name)
+    if node.op_type == "Min" and np.isfinite(value):
+        if inner is not None and inner.op_type == "Relu":
+            return inner.input[0]
+        if inner is not None and inner.op_type == "Max":
+            lower = _with_one_constant_any(view, inner)
+            return lower[1] if lower is not None and lower[0] >= 0 else None
+    if node.op_type == "Max" and value >= 0 and inner is not None and inner.op_type == "Min":
+        upper = _with_one_constant_any(view, inner)
+        return upper[1] if upper is not None and np.isfinite(upper[0]) else None
+    return None
+
+
+def _with_one_constant_any(view: NodeView, node) -> Optional[tuple]:
+    """(the scalar constant, the data operand) of a binary node with one scalar constant operand, else None."""
+    if len(node.input) != 2:
+        return None
+    values = [_scalar(view, i) for i in node.input]
+    if (values[0] is None) == (values[1] is None):
+        return None
+    k = 0 if values[0] is not None else 1
+    return values[k], node.input[1 - k]
+
+
+def _one_plus_exp_neg(view: NodeView, name: str) -> bool:
+    """True for 1 + exp(-u) (the denominator of a sigmoid written out): Add(Exp(Neg(u) or -1 * u), 1)."""
+    node = view.index.producer.get(name)
+    if node is None or node.op_type != "Add" or len(node.input) != 2:
+        return False
+    found = _with_one_constant_any(view, node)
+    if found is None or found[0] != 1.0:
+        return False
+    exp = view.index.producer.get(found[1])
+    if exp is None or exp.op_type != "Exp":
+        return False
+    neg = view.index.producer.get(exp.input[0])
+    if neg is None:
+        return False
+    if neg.op_type == "Neg":
+        return True
+    scaled = _with_one_constant_any(view, neg) if neg.op_type == "Mul" else None
+    return scaled is not None and scaled[0] < 0
+
+
+def gate_of(view: NodeView, name: str, depth: int = 0) -> Optional[str]:
+    """The op that makes `name` a gate, None if it is not one. Gates, followed back through shape-only ops and
+    arithmetic with constants: Sigmoid, HardSigmoid, a hard-sigmoid written as a shifted clip (Clip / Min / Max of
+    a u + b to [0, c]), a sigmoid written out (1 / (1 + exp(-u))), GELU's Erf / Tanh once a constant was added."""
+    shifted = False
+    while depth <= GATE_DEPTH:
+        node = view.index.producer.get(name)
+        if node is None:
+            return None
+        kind = _gate_node(view, node, shifted)
+        if kind is not None:
+            return kind
+        if node.op_type in SHAPE_ONLY:
+            name, depth = node.input[0], depth + 1
+            continue
+        data = _with_one_constant(view, node)
+        if data is None:
+            return None
+        shifted = shifted or node.op_type in ("Add", "Sub")
+        name, depth = data, depth + 1
+    return None
+
+
+def _gate_node(view: NodeView, node, shifted: bool) -> Optional[str]:
+    """The gate kind of one node (see gate_of), None if the node itself is no gate."""
     if node.op_type in GATES or (node.op_type in GELU_GATES and shifted):
         return node.op_type
-    if node.op_type in SHAPE_ONLY:
-        return gate_of(view, node.input[0], shifted, depth + 1)
-    if node.op_type in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:
-        consts = [view.const(i) is not None for i in node.input]
-        if consts.count(True) == 1:
-            data = node.input[consts.index(False)]
-            return gate_of(view, data, shifted or node.op_type in ("Add", "Sub"), depth + 1)
+    inner = _bounded_below_zero(view, node)
+    if inner is not None and _through_constants(view, inner)[1]:
+        return "HardSigmoid"  # clip(a u + b, 0, c): a hard-sigmoid up to the constant scale c
+    if node.op_type == "Reciprocal" and _one_plus_exp_neg(view, node.input[0]):
+        return "Sigmoid"
+    numerator = _scalar(view, node.input[0]) if node.op_type == "Div" else None
+    if numerator is not None and numerator > 0 and _one_plus_exp_neg(view, node.input[1]):
+        return "Sigmoid"
     return None
 
 
 def gate_split(view: NodeView) -> Optional[tuple]:
-    """(signal position, gate op) of a Mul of a signal and a gate, None if it is not one."""
-    if view.op_type != "Mul" or len(view.inputs) != 2 or _constant_operand(view):
+    """(signal position, gate kind) of a product that scales a signal without mixing activations, None otherwise:
+    a Mul of a signal and a gate (see gate_of); a Div of a signal by 1 + exp(-u) (a swish written x / (1 + e^-u));
+    a Mul or Div of a signal by a run-time value that carries no relevance (kind "weight": a scale computed from
+    shapes, such as a detector's anchor strides)."""
+    if view.op_type not in ("Mul", "Div") or len(view.inputs) != 2 or _constant_operand(view):
         return None
+    relevant = [view.is_relevant(n) for n in view.inputs]
+    if relevant.count(True) == 1 and all(view.const(n) is None for n in view.inputs):
+        signal = relevant.index(True)
+        return (signal, "weight") if view.op_type == "Mul" or signal == 0 else None
+    if view.op_type == "Div":
+        return (0, "Sigmoid") if relevant[0] and _one_plus_exp_neg(view, view.inputs[1]) else None
     gates = [gate_of(view, n) for n in view.inputs]
     if (gates[0] is None) == (gates[1] is None):
         return None
@@ -180,10 +345,11 @@ def _gate_branch(view: NodeView) -> set:
     return {view.inputs[1 - split[0]]} if split is not None else set()
 
 
-@register("Mul", group=_mul_group, rules=_mul_rules, check=_check_scale, silent=_gate_branch)
+@register(("Mul", "Div"), group=_mul_group, rules=_mul_rules, check=_check_scale, silent=_gate_branch)
 def emit_mul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Mul by a constant: an elementwise linear node. Signal * gate (x * sigmoid(.), x * hardsigmoid(.), GELU's
-    x * (1 + erf(x / sqrt 2)) / 2, a squeeze-excitation scale): the gate is taken as a constant weight on the
+    """Mul / Div by a constant: an elementwise linear node. Signal * gate (x * sigmoid(.), x * hardsigmoid(.) in
+    any spelling, GELU's x * (1 + erf(x / sqrt 2)) / 2, a squeeze-excitation scale, x / (1 + exp(-x)), a run-time
+    weight that carries no relevance): the gate is taken as a constant weight on the
     signal, so all relevance goes to the signal, R_signal = R_y (as Pass), and none into the gate's branch. This
     keeps the conv/dense rules in charge of the features and treats gating like an activation (Zennit's choice
     for activations); the gate branch's nodes receive no relevance."""
@@ -200,7 +366,3 @@ def emit_mul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     return Emitted(rel)
 
 
-@register("Div", group="affine", rules=LINEAR_RULES, check=_check_scale)
-def emit_div(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Division by a constant as an elementwise linear node."""
-    return emit_affine(b, view, rule, R)

@@ -15,11 +15,12 @@ from typing import Optional
 import numpy as np
 
 from ..builder import GraphBuilder
-from ..errors import CompileError
+from ..specialise import NeedsStaticSize
 from ..rules import LINEAR_RULES, Pass, Rule
 from . import Emitted, NodeView, register
 from .generic_linear import basis, emit_linear, weight_value
 from .geometry import explicit_pads
+from .runtime_sizes import crop_centre_to, cut_tail, known, pad_tail_to, require_opset
 
 # weights smaller than this are stored modified (NumPy); larger ones are derived in the graph from W
 DERIVE_MIN_SIZE = 4096
@@ -170,6 +171,9 @@ class ConvOp(LinearOp):
 
     attrs: dict = field(default_factory=dict)
     output_padding: tuple = ()
+    # sizes known only at run time (strides > 1): "tail" pads (or cuts) the transposed result at the end to x's
+    # size; a SAME auto_pad also crops its window there (see runtime_sizes); "" for static sizes
+    fit: str = ""
 
     def forward(self, b: GraphBuilder, x: str, key: str) -> str:
         """Conv(x, W') without bias."""
@@ -195,6 +199,15 @@ class ConvOp(LinearOp):
         attrs.pop("kernel_shape", None)
         if any(self.output_padding):
             attrs["output_padding"] = list(self.output_padding)
+        nd = len(self.weight.shape) - 2
+        if self.fit in ("SAME_UPPER", "SAME_LOWER"):  # the full transposed grid, then the window the pads cut
+            attrs.pop("auto_pad")
+            full = b.op("ConvTranspose", [s, self.stored(b, key)], "bwd_full", **attrs, pads=[0] * (2 * nd))
+            return crop_centre_to(b, full, self.x, 2, nd + 2, upper=self.fit == "SAME_UPPER")
+        if self.fit == "tail":  # the grid from the first input position on; its end is fitted to x's size
+            pads = list(attrs["pads"])
+            attrs["pads"] = pads[:nd] + [0] * nd
+            return pad_tail_to(b, b.op("ConvTranspose", [s, self.stored(b, key)], "bwd", **attrs), self.x, 2, nd + 2)
         return b.op("ConvTranspose", [s, self.stored(b, key)], "bwd", **attrs)
 
     def _flipped_pads(self) -> Optional[list]:
@@ -203,7 +216,7 @@ class ConvOp(LinearOp):
         strides = self.attrs.get("strides", [1] * nd)
         dilations = self.attrs.get("dilations", [1] * nd)
         pads = self.attrs.get("pads", [0] * (2 * nd))
-        if any(st != 1 for st in strides) or any(self.output_padding):
+        if any(st != 1 for st in strides) or any(self.output_padding) or "auto_pad" in self.attrs:
             return None
         eff = [(k - 1) * d for k, d in zip(self.weight.shape[2:], dilations)]
         flipped = [eff[i % nd] - p for i, p in enumerate(pads)]
@@ -238,7 +251,7 @@ class ConvTransposeOp(LinearOp):
 
     attrs: dict = field(default_factory=dict)        # the node's own attributes (forward is the node itself)
     conv_attrs: dict = field(default_factory=dict)   # the transposed Conv's attributes
-    keep: tuple = ()                                 # per spatial axis: leading output positions any input reaches
+    cuts: tuple = ()                                 # per spatial axis: trailing output positions no input reaches
 
     def forward(self, b: GraphBuilder, x: str, key: str) -> str:
         """ConvTranspose(x, W') with the node's own attributes, without bias."""
@@ -255,9 +268,7 @@ class ConvTransposeOp(LinearOp):
 
     def transpose(self, b: GraphBuilder, s: str, key: str) -> str:
         """Conv(s, W'): output positions that no input reaches (output_padding, a large output_shape) are cut."""
-        if self.keep:
-            nd = len(self.keep)
-            s = b.op("Slice", [s, b.ints([0] * nd), b.ints(self.keep), b.ints(range(2, 2 + nd))], "s_reached")
+        s = cut_tail(b, s, self.cuts, 2)
         return b.op("Conv", [s, self.stored(b, key)], "bwd", **self.conv_attrs)
 
 
@@ -285,7 +296,7 @@ def _rank(view: NodeView, name: str) -> Optional[int]:
     return len(shape) if shape is not None else None
 
 
-def _gemm_op(view: NodeView) -> LinearOp:
+def gemm_op(view: NodeView) -> LinearOp:
     """Gemm(A, B, C) with constant B (or A): alpha, beta, transA, transB folded into W and bias."""
     a, bname = view.inputs[0], view.inputs[1]
     c = view.inputs[2] if len(view.inputs) > 2 else ""
@@ -321,7 +332,7 @@ def _check_gemm(view: NodeView) -> Optional[str]:
 @register("Gemm", group="dense", rules=LINEAR_RULES, check=_check_gemm)
 def emit_gemm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Gemm as a dense linear node: z = x W + b under the rule's groups."""
-    op = _gemm_op(view)
+    op = gemm_op(view)
     R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
     rel = [R_x, None, None] if op.x == view.inputs[0] else [None, R_x, None]
     return Emitted(rel[: len(view.inputs)], R_b, stab)
@@ -340,21 +351,25 @@ def _check_matmul(view: NodeView) -> Optional[str]:
 @register("MatMul", group="dense", rules=LINEAR_RULES, check=_check_matmul)
 def emit_matmul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """MatMul with a constant operand as a dense linear node without bias."""
+    op = matmul_op(view)
+    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
+    return Emitted([R_x, None] if op.x == view.inputs[0] else [None, R_x], R_b, stab)
+
+
+def matmul_op(view: NodeView) -> LinearOp:
+    """MatMul with a constant 2-D operand: x @ W (DenseOp) or W @ x (LeftDenseOp), no bias."""
     a, w = view.inputs
     z = view.outputs[0]
     if view.is_relevant(a):
-        op = DenseOp(x=a, z=z, weight=view.const(w).astype(np.float64), bias=None,
-                     z_rank=_rank(view, z), x_rank=_rank(view, a), source=w, source_km=True)
-        R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-        return Emitted([R_x, None], R_b, stab)
-    op = LeftDenseOp(x=w, z=z, weight=view.const(a).astype(np.float64), bias=None,
-                     z_rank=_rank(view, z), x_rank=_rank(view, w))
-    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-    return Emitted([None, R_x], R_b, stab)
+        return DenseOp(x=a, z=z, weight=view.const(w).astype(np.float64), bias=None,
+                       z_rank=_rank(view, z), x_rank=_rank(view, a), source=w, source_km=True)
+    return LeftDenseOp(x=w, z=z, weight=view.const(a).astype(np.float64), bias=None,
+                       z_rank=_rank(view, z), x_rank=_rank(view, w))
 
 
 def conv_geometry(view: NodeView, x_shape: tuple, w_shape: tuple) -> tuple:
-    """Explicit (strides, pads, dilations, output_padding) of a Conv, resolving auto_pad from static shapes."""
+    """Explicit (kernel, strides, pads, dilations, output_padding) of a Conv, resolving auto_pad from static
+    shapes."""
     nd = len(w_shape) - 2
     kernel = list(view.attr("kernel_shape", w_shape[2:]))
     strides = list(view.attr("strides", [1] * nd))
@@ -362,9 +377,6 @@ def conv_geometry(view: NodeView, x_shape: tuple, w_shape: tuple) -> tuple:
     pads = list(view.attr("pads", [0] * (2 * nd)))
     auto_pad = view.attr("auto_pad", "NOTSET")
     spatial = x_shape[2:]
-    if any(d is None for d in spatial):
-        raise CompileError(f"the spatial shape of {view.inputs[0]!r} is not known at compile time "
-                           f"(needed to size the transposed convolution); give the model static spatial dims")
     pads = explicit_pads(auto_pad, pads, spatial, kernel, strides, dilations)
     output_padding = []
     for i in range(nd):
@@ -385,36 +397,71 @@ def _check_conv(view: NodeView) -> Optional[str]:
     if list(view.attr("kernel_shape", kernel)) != kernel:  # ONNX shape inference lets this through
         return f"its kernel_shape {list(view.attr('kernel_shape'))} contradicts its weight's {kernel} (a broken model)"
     shape = view.shape(view.inputs[0])
-    if shape is None or any(d is None for d in shape[2:]):
-        return f"the spatial shape of its input {view.inputs[0]!r} is not known at compile time"
+    if shape is None:
+        return f"the rank of its input {view.inputs[0]!r} is not known at compile time"
     return None
+
+
+def dynamic_conv_geometry(view: NodeView, w_shape: tuple) -> tuple:
+    """(forward attributes, fit) of a Conv whose input's spatial size only the run time knows: explicit pads where
+    they do not depend on it (NOTSET, VALID, SAME with stride 1), else the node's SAME auto_pad; fit says how the
+    transposed result is sized back to the input (see ConvOp.fit)."""
+    nd = len(w_shape) - 2
+    kernel = list(view.attr("kernel_shape", w_shape[2:]))
+    strides = list(view.attr("strides", [1] * nd))
+    dilations = list(view.attr("dilations", [1] * nd))
+    auto_pad = view.attr("auto_pad", "NOTSET")
+    attrs = dict(kernel_shape=kernel, strides=strides, dilations=dilations, group=view.attr("group", 1))
+    strided = any(st != 1 for st in strides)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and strided:
+        return dict(attrs, auto_pad=auto_pad), auto_pad
+    # stride 1: SAME pads are (eff - 1) split, whatever the size (any size stands for all of them)
+    attrs["pads"] = explicit_pads(auto_pad, list(view.attr("pads", [0] * (2 * nd))), [1] * nd, kernel, strides,
+                                  dilations)
+    return attrs, "tail" if strided else ""
 
 
 @register("Conv", group="convolution", rules=LINEAR_RULES, check=_check_conv)
 def emit_conv(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Conv as a linear node; its transpose is ConvTranspose with the same weights, strides, pads and groups."""
+    """Conv as a linear node; its transpose is ConvTranspose with the same weights, strides, pads and groups
+    (stride 1: a Conv with the flipped kernel), sized to the input from its run-time shape where that is dynamic."""
+    R_x, R_b, stab = emit_linear(b, view, rule, R[0], conv_op(view, b))
+    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+
+
+def conv_op(view: NodeView, b: Optional[GraphBuilder] = None) -> ConvOp:
+    """Conv(x, W) + B as a ConvOp: explicit geometry where the spatial size is static, else sized at run time
+    (b, when given, checks that its opset can do that)."""
     x = view.inputs[0]
     w = view.const(view.inputs[1]).astype(np.float64)
     bias = view.const(view.inputs[2]) if len(view.inputs) > 2 and view.inputs[2] else None
     x_shape = view.shape(x)
-    kernel, strides, pads, dilations, output_padding = conv_geometry(view, x_shape, w.shape)
-    attrs = dict(kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations, group=view.attr("group", 1))
     nd = len(w.shape) - 2
+    if known(x_shape[2:]):
+        kernel, strides, pads, dilations, output_padding = conv_geometry(view, x_shape, w.shape)
+        attrs = dict(kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations,
+                     group=view.attr("group", 1))
+        fit = ""
+    else:
+        attrs, fit = dynamic_conv_geometry(view, w.shape)
+        output_padding = [0] * nd
+        if fit:
+            if b is not None:
+                require_opset(b, f"the spatial size of {x!r}")
     bias_arr = None if bias is None else bias.astype(np.float64).reshape((-1,) + (1,) * nd)
-    op = ConvOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
-                attrs=attrs, output_padding=tuple(output_padding), source=view.inputs[1])
-    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+    return ConvOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
+                  attrs=attrs, output_padding=tuple(output_padding), source=view.inputs[1], fit=fit)
 
 
 def conv_transpose_geometry(view: NodeView, spatial: tuple, w_shape: tuple) -> tuple:
-    """(head pads, tail pads, reached) of a ConvTranspose as the ONNX spec (and onnxruntime) define it.
+    """(head pads, tail pads, cuts) of a ConvTranspose as the ONNX spec (and onnxruntime) define it.
 
     The taps of input i land on the full grid at i*s + k*d (full span F = s*(in-1) + eff); output o is full
     position o + head. With output_shape (or SAME_*, out = in*s): total = F + output_padding - out,
     head = total//2 for SAME_UPPER, total - total//2 otherwise (total < 0 means no head pad); else head = pads_begin.
     The transposed Conv pads s by head in front and F - out - head behind; where that is negative the output
-    extends past every tap and only its first F - head positions are kept."""
+    extends past every tap and its last `cut` positions are dropped. Only output_shape makes these depend on the
+    input's size (SAME: F - out = eff - s), so `spatial` may hold None elsewhere."""
     nd = len(spatial)
     kernel = list(view.attr("kernel_shape", w_shape[2:]))
     strides = list(view.attr("strides", [1] * nd))
@@ -423,39 +470,38 @@ def conv_transpose_geometry(view: NodeView, spatial: tuple, w_shape: tuple) -> t
     out_pad = list(view.attr("output_padding", [0] * nd))
     out_shape = list(view.attr("output_shape", []))[-nd:] if view.attr("output_shape") else None
     auto_pad = view.attr("auto_pad", "NOTSET")
-    heads, tails, keep = [], [], []
+    heads, tails, cuts = [], [], []
     for i in range(nd):
-        full = strides[i] * (spatial[i] - 1) + (kernel[i] - 1) * dilations[i] + 1
-        if out_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            out = out_shape[i] if out_shape is not None else spatial[i] * strides[i]
-            total = max(full + out_pad[i] - out, 0)
+        eff = (kernel[i] - 1) * dilations[i] + 1
+        if out_shape is not None:
+            full = strides[i] * (spatial[i] - 1) + eff
+            total = max(full + out_pad[i] - out_shape[i], 0)
             head = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            tail = full - out_shape[i] - head
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            total = max(eff - strides[i] + out_pad[i], 0)
+            head = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            tail = eff - strides[i] - head
         elif auto_pad == "VALID":
-            head, out = 0, full + out_pad[i]
+            head, tail = 0, -out_pad[i]
         else:
-            head, out = pads[i], full + out_pad[i] - pads[i] - pads[i + nd]
-        tail = full - out - head
+            head, tail = pads[i], pads[i + nd] - out_pad[i]
         heads.append(head)
         tails.append(max(tail, 0))
-        keep.append(out + min(tail, 0))
-    needs_cut = any(k < o for k, o in zip(keep, _convt_out(view)))
-    return heads, tails, tuple(keep) if needs_cut else ()
-
-
-def _convt_out(view: NodeView) -> list:
-    """Static output spatial shape of a ConvTranspose (from shape inference)."""
-    shape = view.shape(view.outputs[0])
-    return list(shape[2:]) if shape is not None else []
+        cuts.append(max(-tail, 0))
+    return heads, tails, tuple(cuts)
 
 
 def _check_conv_transpose(view: NodeView) -> Optional[str]:
-    """ConvTranspose is linear with constant weights; its input and output spatial shapes must be static."""
+    """ConvTranspose is linear with constant weights; with an output_shape its input's spatial size must be
+    static."""
     reason = _check_conv(view)
     if reason:
         return reason
-    shape = view.shape(view.outputs[0])
-    if shape is None or any(d is None for d in shape[2:]):
-        return f"the spatial shape of its output {view.outputs[0]!r} is not known at compile time"
+    shape = view.shape(view.inputs[0])
+    if view.attr("output_shape") and not known(shape[2:]):
+        return NeedsStaticSize(f"the spatial size of its input {view.inputs[0]!r} is not known at compile time "
+                               f"(it has an output_shape)")
     return None
 
 
@@ -463,21 +509,25 @@ def _check_conv_transpose(view: NodeView) -> Optional[str]:
 def emit_conv_transpose(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """ConvTranspose as a forward linear node: z = ConvTranspose(x, W) + b; W^T s = Conv(s, W) with the same
     strides, dilations and groups and the pads that undo the crop (see conv_transpose_geometry)."""
+    R_x, R_b, stab = emit_linear(b, view, rule, R[0], conv_transpose_op(view))
+    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+
+
+def conv_transpose_op(view: NodeView) -> ConvTransposeOp:
+    """ConvTranspose(x, W) + B as a ConvTransposeOp (its transpose a Conv, see conv_transpose_geometry)."""
     x = view.inputs[0]
     w = view.const(view.inputs[1]).astype(np.float64)
     bias = view.const(view.inputs[2]) if len(view.inputs) > 2 and view.inputs[2] else None
     spatial = tuple(view.shape(x)[2:])
     nd = len(spatial)
-    heads, tails, keep = conv_transpose_geometry(view, spatial, w.shape)
+    heads, tails, cuts = conv_transpose_geometry(view, spatial, w.shape)
     group = view.attr("group", 1)
     conv_attrs = dict(kernel_shape=list(w.shape[2:]), strides=list(view.attr("strides", [1] * nd)),
                       dilations=list(view.attr("dilations", [1] * nd)), pads=heads + tails, group=group)
     attrs = {a.name: view.attr(a.name) for a in view.node.attribute}
     bias_arr = None if bias is None else bias.astype(np.float64).reshape((-1,) + (1,) * nd)
-    op = ConvTransposeOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
-                         attrs=attrs, conv_attrs=conv_attrs, keep=keep)
-    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+    return ConvTransposeOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
+                           attrs=attrs, conv_attrs=conv_attrs, cuts=cuts)
 
 
 def _check_batchnorm(view: NodeView) -> Optional[str]:
@@ -498,15 +548,19 @@ def emit_batchnorm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emit
     under the pass rule relevance goes through unchanged."""
     if isinstance(rule, Pass):
         return Emitted([R[0]] + [None] * (len(view.inputs) - 1))
+    R_x, R_b, stab = emit_linear(b, view, rule, R[0], batchnorm_op(view))
+    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+
+
+def batchnorm_op(view: NodeView) -> ElementwiseOp:
+    """An unfolded BatchNormalization as x * k + (beta - mean * k), k = scale / sqrt(var + epsilon), per channel."""
     x = view.inputs[0]
     scale, beta, mean, var = (view.const(n).astype(np.float64) for n in view.inputs[1:5])
     k = scale / np.sqrt(var + view.attr("epsilon", 1e-5))
     rank = _rank(view, x) or 2
     shape = (-1,) + (1,) * (rank - 2)
-    op = ElementwiseOp(x=x, z=view.outputs[0], weight=k.reshape(shape), bias=(beta - mean * k).reshape(shape),
-                       z_rank=rank, x_rank=rank)
-    R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
-    return Emitted([R_x] + [None] * (len(view.inputs) - 1), R_b, stab)
+    return ElementwiseOp(x=x, z=view.outputs[0], weight=k.reshape(shape), bias=(beta - mean * k).reshape(shape),
+                         z_rank=rank, x_rank=rank)
 
 
 def affine_op(view: NodeView) -> LinearOp:

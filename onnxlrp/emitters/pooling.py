@@ -10,21 +10,46 @@ from typing import Optional
 
 import numpy as np
 
+from onnx import helper, numpy_helper
+
 from ..builder import GraphBuilder
+from ..graph import opset_version
 from ..rules import Epsilon, Norm, Rule, WinnerTakesAll
+from ..specialise import NeedsStaticSize, StaticSizeError
 from . import Emitted, NodeView, register
 from .geometry import explicit_pads
+from .runtime_sizes import dims, known, pad_tail_to, require_opset
 
 
-def _static_spatial(view: NodeView) -> Optional[str]:
-    """Pools need the input's shape at compile time (batch may stay dynamic)."""
-    shape = view.shape(view.inputs[0])
-    if shape is None:
+def _known_rank(view: NodeView) -> Optional[str]:
+    """Pools need the rank of their input at compile time (any size may be dynamic)."""
+    if view.shape(view.inputs[0]) is None:
         return f"the rank of its input {view.inputs[0]!r} is not known at compile time"
-    unknown = [i for i, d in enumerate(shape[1:], start=1) if d is None]
-    if unknown:
-        return f"axis {unknown[0]} of its input {view.inputs[0]!r} is not known at compile time"
     return None
+
+
+def _known_channels(view: NodeView) -> Optional[str]:
+    """Average pools also need the channel count (their transpose is a grouped convolution, one group each); with
+    a dynamic spatial size, ceil_mode needs that size (the last window's divisor depends on it)."""
+    reason = _known_rank(view)
+    if reason:
+        return reason
+    shape = view.shape(view.inputs[0])
+    if shape[1] is None:
+        return f"axis 1 (channels) of its input {view.inputs[0]!r} is not known at compile time"
+    if not known(shape[2:]) and view.attr("ceil_mode", 0):
+        return NeedsStaticSize(f"the spatial size of its input {view.inputs[0]!r} is not known at compile time "
+                               f"(ceil_mode windows are sized from it)")
+    return None
+
+
+def _overlapping(view: NodeView) -> bool:
+    """True when a pool's windows overlap (a position can win several windows)."""
+    kernel = list(view.attr("kernel_shape"))
+    nd = len(kernel)
+    strides = list(view.attr("strides", [1] * nd))
+    dilations = list(view.attr("dilations", [1] * nd))
+    return any((k - 1) * d + 1 > s for k, s, d in zip(kernel, strides, dilations))
 
 
 def pool_geometry(view: NodeView, spatial: tuple) -> tuple:
@@ -103,18 +128,24 @@ def _norm_stabilize(b: GraphBuilder, view: NodeView, rule: Rule, R: str) -> tupl
     return s, b.per_sample_sum(share, "stab_sum")
 
 
-@register("AveragePool", group="avgpool", rules=(Norm, Epsilon), check=_static_spatial)
+@register("AveragePool", group="avgpool", rules=(Norm, Epsilon), check=_known_channels)
 def emit_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Norm: R_x = x * J^T s, J^T s = ConvTranspose(s / count, ones) per channel, count = the window's divisor
     (its positions inside the input, or inside the padded input with count_include_pad); ceil_mode and dilations
     are sized as the forward pool does."""
-    x = view.inputs[0]
-    shape = view.shape(x)
+    s, stab = _norm_stabilize(b, view, rule, R[0])
+    return Emitted([b.op("Mul", [view.inputs[0], average_pool_transpose(b, view, s)], "R_x")], None, stab)
+
+
+def average_pool_transpose(b: GraphBuilder, view: NodeView, s: str) -> str:
+    """J^T s of an AveragePool, shaped like its input: ConvTranspose(s / count, ones) per channel."""
+    shape = view.shape(view.inputs[0])
     channels, spatial = shape[1], tuple(shape[2:])
+    if not known(spatial):
+        return _average_pool_transpose_dynamic(b, view, s)
     kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
     count = window_counts(spatial, out_spatial, kernel, strides, pads, dilations,
                           bool(view.attr("count_include_pad", 0)))
-    s, stab = _norm_stabilize(b, view, rule, R[0])
     s = fit_pooled(b, view, s, out_spatial)
     if np.all(count == count.flat[0]):
         scaled = b.op("Mul", [s, b.const(1.0 / count.flat[0])], "s_per_count")
@@ -122,23 +153,69 @@ def emit_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> E
         scaled = b.op("Div", [s, b.const(count.reshape((1, 1) + out_spatial))], "s_per_count")
     attrs = _back_attrs(spatial, out_spatial, kernel, strides, pads, dilations)
     ones_kernel = b.const(np.ones((channels, 1) + tuple(kernel)), hint="ones_kernel")
-    back = b.op("ConvTranspose", [scaled, ones_kernel], "JTs", group=channels, **attrs)
-    return Emitted([b.op("Mul", [x, back], "R_x")], None, stab)
+    return b.op("ConvTranspose", [scaled, ones_kernel], "JTs", group=channels, **attrs)
 
 
-@register("GlobalAveragePool", group="avgpool", rules=(Norm, Epsilon), check=_static_spatial)
+def _average_pool_transpose_dynamic(b: GraphBuilder, view: NodeView, s: str) -> str:
+    """J^T s of an AveragePool at a spatial size only the run time knows: the same transpose, divisors counted in the
+    graph where they vary (pads without count_include_pad: a convolution of ones over the input's grid) and the
+    transposed result padded at the end to the input's size."""
+    x = view.inputs[0]
+    shape = view.shape(x)
+    channels, rank = shape[1], len(shape)
+    nd = rank - 2
+    kernel = list(view.attr("kernel_shape"))
+    strides = list(view.attr("strides", [1] * nd))
+    dilations = list(view.attr("dilations", [1] * nd))
+    auto_pad = view.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER") and any(st != 1 for st in strides):
+        raise StaticSizeError(f"the spatial size of {x!r} is not known at compile time (a strided SAME pool's pads "
+                              f"depend on it)")
+    pads = explicit_pads(auto_pad, list(view.attr("pads", [0] * (2 * nd))), [1] * nd, kernel, strides, dilations)
+    require_opset(b, f"the spatial size of {x!r}")
+    window = dict(strides=strides, pads=pads, dilations=dilations)
+    if view.attr("count_include_pad", 0) or not any(pads):
+        scaled = b.op("Mul", [s, b.const(1.0 / float(np.prod(kernel)))], "s_per_count")
+    else:  # the positions of each window inside the input: ones over the grid, summed by a kernel of ones
+        grid = b.op("ConstantOfShape", [b.op("Concat", [b.ints([1, 1]), dims(b, x, 2, rank)], "grid_shape", axis=0)],
+                    "grid", value=numpy_helper.from_array(np.ones(1, dtype=b.dtype)))
+        count = b.op("Conv", [grid, b.const(np.ones((1, 1) + tuple(kernel)), hint="ones_window")], "count",
+                     kernel_shape=kernel, **window)
+        scaled = b.op("Div", [s, count], "s_per_count")
+    ones_kernel = b.const(np.ones((channels, 1) + tuple(kernel)), hint="ones_kernel")
+    # the grid from the first input position on (begin pads cut), its end fitted to x's size
+    grid_attrs = dict(window, pads=pads[:nd] + [0] * nd)
+    back = b.op("ConvTranspose", [scaled, ones_kernel], "JTs_part", group=channels, kernel_shape=kernel, **grid_attrs)
+    return pad_tail_to(b, back, x, 2, rank)
+
+
+@register("GlobalAveragePool", group="avgpool", rules=(Norm, Epsilon), check=_known_rank)
 def emit_global_average_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Norm: R_x = x * s / (number of spatial positions), s = R / stab(y) broadcast over the window."""
     x = view.inputs[0]
-    size = float(np.prod(view.shape(x)[2:]))
+    shape = view.shape(x)
     s, stab = _norm_stabilize(b, view, rule, R[0])
-    back = b.op("Mul", [s, b.const(1.0 / size)], "JTs")
+    if known(shape[2:]):
+        back = b.op("Mul", [s, b.const(1.0 / float(np.prod(shape[2:])))], "JTs")
+    else:  # the number of positions from the run-time shape
+        size = b.reduce("ReduceProd", dims(b, x, 2, len(shape)), None, keepdims=False, hint="positions")
+        back = b.op("Div", [s, b.op("Cast", [size], "positions_f", to=helper.np_dtype_to_tensor_dtype(b.dtype))],
+                    "JTs")
     return Emitted([b.op("Mul", [x, back], "R_x")], None, stab)
 
 
 def _check_maxpool(view: NodeView) -> Optional[str]:
-    """MaxPool needs its input's channel and spatial sizes at compile time."""
-    return _static_spatial(view)
+    """MaxPool needs its input's rank; below opset 16 (no ScatterElements with reduction), overlapping windows at
+    a dynamic spatial size need that size (their one-hot transpose is sized from it)."""
+    reason = _known_rank(view)
+    if reason:
+        return reason
+    shape = view.shape(view.inputs[0])
+    opset = opset_version(view.index.model)
+    if not known(shape[1:]) and opset < 16 and _overlapping(view):
+        return NeedsStaticSize(f"the size of its input {view.inputs[0]!r} is not known at compile time (overlapping "
+                               f"windows below opset 16 are moved back by a transpose sized from it)")
+    return None
 
 
 @register("MaxPool", group="maxpool", rules=(WinnerTakesAll,), check=_check_maxpool)
@@ -150,14 +227,20 @@ def emit_max_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitt
     x = view.inputs[0]
     attrs = {a.name: view.attr(a.name) for a in view.node.attribute if a.name != "storage_order"}
     _, indices = b.op("MaxPool", [x], "pool_idx", n_out=2, **attrs)
-    out_spatial = pool_geometry(view, tuple(view.shape(x)[2:]))[4]
-    indices, R_y = fit_pooled(b, view, indices, out_spatial), fit_pooled(b, view, R[0], out_spatial)
-    if b.opset >= 16:
+    R_y = R[0]
+    static = known(view.shape(x)[1:])
+    if static:
+        out_spatial = pool_geometry(view, tuple(view.shape(x)[2:]))[4]
+        indices, R_y = fit_pooled(b, view, indices, out_spatial), fit_pooled(b, view, R[0], out_spatial)
+    if b.opset >= 16 or not (static or _overlapping(view)):
+        # each window's winner gets its relevance; windows that do not overlap have distinct winners, so below
+        # opset 16 a plain scatter is exact too
         flat_shape = b.ints([-1])
         zeros = b.op("Reshape", [b.zeros_like(x, "R_x0"), flat_shape], "R_x0_flat")
+        add = dict(reduction="add") if b.opset >= 16 else {}
         scattered = b.op("ScatterElements", [zeros, b.op("Reshape", [indices, flat_shape], "idx_flat"),
                                              b.op("Reshape", [R_y, flat_shape], "R_flat")],
-                         "R_scattered", axis=0, reduction="add")
+                         "R_scattered", axis=0, **add)
         return Emitted([b.op("Reshape", [scattered, b.op("Shape", [x], "x_shape")], "R_x")])
     return Emitted([_max_pool_one_hot(b, view, indices, R_y)])
 
@@ -224,9 +307,6 @@ def _check_reduce(view: NodeView) -> Optional[str]:
     axes = reduce_axes(view)
     if axes is None or 0 in axes:
         return "it reduces over the batch axis 0 (relevance would mix samples)"
-    unknown = [a for a in axes if shape[a] is None]
-    if unknown:
-        return f"axis {unknown[0]} of its input {x!r} is not known at compile time"
     return None
 
 
@@ -241,7 +321,15 @@ def emit_reduce_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Em
     if axes and not view.attr("keepdims", 1):
         s = b.unsqueeze(s, axes, "s_keep")
     if view.op_type == "ReduceMean" and axes:
-        s = b.op("Mul", [s, b.const(1.0 / float(np.prod([view.shape(x)[a] for a in axes])))], "JTs")
+        sizes = [view.shape(x)[a] for a in axes]
+        if known(sizes):
+            s = b.op("Mul", [s, b.const(1.0 / float(np.prod(sizes)))], "JTs")
+        else:  # the number of reduced values from the run-time shape
+            shape = b.op("Shape", [x], "x_shape")
+            count = b.reduce("ReduceProd", b.op("Gather", [shape, b.ints(axes)], "reduced_dims"), None,
+                             keepdims=False, hint="count")
+            s = b.op("Div", [s, b.op("Cast", [count], "count_f", to=helper.np_dtype_to_tensor_dtype(b.dtype))],
+                     "JTs")
     rel = [b.op("Mul", [x, s], "R_x")]
     return Emitted(rel + [None] * (len(view.inputs) - 1), None, stab)
 
@@ -255,10 +343,16 @@ def wta_reduce(b: GraphBuilder, x: str, R_keep: str, axes: list, shape: tuple) -
     identity = perm == list(range(rank))
     xt = x if identity else b.op("Transpose", [x], "x_T", perm=perm)
     Rt = R_keep if identity else b.op("Transpose", [R_keep], "R_T", perm=perm)
-    K = int(np.prod([shape[a] for a in axes]))
+    sizes = [shape[a] for a in axes]
+    K = int(np.prod(sizes)) if known(sizes) else -1
     flat = b.op("Reshape", [xt, b.ints([0] * len(kept) + [K])], "x_flat")
     arg = b.op("ArgMax", [flat], "argmax", axis=len(kept), keepdims=1)
-    winner = b.op("Equal", [arg, b.const(np.arange(K), dtype=np.int64)], "is_winner")
+    if K > 0:
+        positions = b.const(np.arange(K), dtype=np.int64)
+    else:  # 0 .. K-1 with K from the run-time shape
+        count = b.reduce("ReduceSum", dims(b, flat, len(kept), len(kept) + 1, "reduced"), None, keepdims=False)
+        positions = b.op("Range", [b.const(0, dtype=np.int64), count, b.const(1, dtype=np.int64)], "positions")
+    winner = b.op("Equal", [arg, positions], "is_winner")
     R_flat = b.op("Reshape", [Rt, b.ints([0] * len(kept) + [1])], "R_flat")
     placed = b.op("Where", [winner, R_flat, b.const(0.0)], "R_placed")
     placed = b.op("Reshape", [placed, b.op("Shape", [xt], "xT_shape")], "R_xT")
@@ -278,7 +372,7 @@ def emit_reduce_max(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emi
     return Emitted([wta_reduce(b, x, R_keep, axes, view.shape(x))] + [None] * (len(view.inputs) - 1))
 
 
-@register("GlobalMaxPool", group="maxpool", rules=(WinnerTakesAll,), check=_static_spatial)
+@register("GlobalMaxPool", group="maxpool", rules=(WinnerTakesAll,), check=_known_rank)
 def emit_global_max_pool(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Winner takes all over the whole spatial extent (first maximum on ties)."""
     x = view.inputs[0]

@@ -10,8 +10,11 @@ import numpy as np
 from ..builder import GraphBuilder
 from ..errors import CompileError
 from ..rules import Pass, Rule
+from ..specialise import NeedsStaticSize, StaticSizeError
 from . import Emitted, NodeView, register
 from .interpolation import resize_matrix
+from .resize_dynamic import block_sum, is_block_copy, matrix_transpose_along, runtime_matrix
+from .runtime_sizes import dims, int_max, int_min, known, require_opset
 
 
 def _reshape_back(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
@@ -44,7 +47,7 @@ def _static_dims(view: NodeView, name: str, axes: Sequence[int], why: str) -> tu
         raise CompileError(f"the rank of {name!r} is not known at compile time ({why})")
     for a in axes:
         if shape[a] is None:
-            raise CompileError(f"axis {a} of {name!r} is not known at compile time ({why})")
+            raise StaticSizeError(f"axis {a} of {name!r} is not known at compile time ({why})")
     return shape
 
 
@@ -174,10 +177,33 @@ def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
         if dim is None:
             if step == 1 and start == 0 and end >= 2 ** 31:
                 continue  # the whole axis
-            _static_dims(view, x, (axis,), "Slice moves relevance back along it")
+            if step != 1:
+                raise StaticSizeError(f"axis {axis} of {x!r} is not known at compile time (a Slice with step "
+                                      f"{step} moves relevance back along it)")
+            back = _unslice_dynamic(b, back, x, axis, rank, int(start), int(end))
+            continue
         index = np.arange(dim)[slice(int(start), int(end), int(step))]
         back = move_back(b, back, axis, rank, index, dim)
     return Emitted([back] + [None] * (len(view.inputs) - 1))
+
+
+def _unslice_dynamic(b: GraphBuilder, R: str, x: str, axis: int, rank: int, start: int, end: int) -> str:
+    """R (x[start:end] along axis, unit step) padded with zeros back to x's run-time size there: start and end
+    resolved against the size d as Slice does (negative: from the end; clamped to [0, d])."""
+    require_opset(b, f"axis {axis} of {x!r}")
+    d = dims(b, x, axis, axis + 1, "axis_size")
+    zero = b.ints([0])
+
+    def resolve(value: int) -> str:
+        if value >= 0:
+            return int_min(b, b.ints([min(value, 2 ** 62)]), d, "bound")
+        return int_max(b, b.op("Add", [d, b.ints([value])], "from_end"), zero, "bound")
+
+    first = resolve(start)
+    last = int_max(b, resolve(end), first, "bound_end")
+    pads = [zero] * (2 * rank)
+    pads[axis], pads[rank + axis] = first, b.op("Sub", [d, last], "tail")
+    return b.op("Pad", [R, b.op("Concat", pads, "pads", axis=0)], "R_unslice")
 
 
 def _check_gather(view: NodeView) -> Optional[str]:
@@ -191,7 +217,7 @@ def _check_gather(view: NodeView) -> Optional[str]:
     if axis == view.index.batch_axis(view.inputs[0]):
         return f"it gathers along the batch axis {axis} of {view.inputs[0]!r} (relevance would mix samples)"
     if shape[axis] is None:
-        return f"axis {axis} of its input {view.inputs[0]!r} is not known at compile time"
+        return NeedsStaticSize(f"axis {axis} of its input {view.inputs[0]!r} is not known at compile time")
     return None
 
 
@@ -247,6 +273,12 @@ def emit_pad(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     for axis, (begin, end) in enumerate(_pad_amounts(view, rank)):
         if begin == 0 and end == 0:
             continue
+        if view.shape(x)[axis] is None:
+            if mode != "constant":
+                raise StaticSizeError(f"axis {axis} of {x!r} is not known at compile time (a {mode} Pad moves "
+                                      f"relevance back along it)")
+            back = _unpad_dynamic(b, back, axis, rank, begin, end)
+            continue
         dim = _static_dims(view, x, (axis,), "Pad moves relevance back along it")[axis]
         index = np.arange(dim)[max(-begin, 0): dim - max(-end, 0)]
         widths = (max(begin, 0), max(end, 0))
@@ -258,6 +290,20 @@ def emit_pad(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     pads = _pad_amounts(view, rank)
     stab = dropped_share(b, R[0], back) if mode == "constant" and any(p > 0 for pair in pads for p in pair) else None
     return Emitted([back] + [None] * (len(view.inputs) - 1), None, stab)
+
+
+def _unpad_dynamic(b: GraphBuilder, R: str, axis: int, rank: int, begin: int, end: int) -> str:
+    """R of a constant Pad cut back to its input along one axis of any size: the padded positions dropped, a
+    negative amount (a crop) restored as zeros."""
+    require_opset(b, f"axis {axis} of the Pad's input")
+    if begin > 0 or end > 0:
+        stop = -max(end, 0) if end > 0 else np.iinfo(np.int64).max
+        R = b.op("Slice", [R, b.ints([max(begin, 0)]), b.ints([stop]), b.ints([axis])], "R_unpad")
+    if begin < 0 or end < 0:
+        pads = [0] * (2 * rank)
+        pads[axis], pads[rank + axis] = max(-begin, 0), max(-end, 0)
+        R = b.op("Pad", [R, b.ints(pads, "pads")], "R_uncrop")
+    return R
 
 
 @register("Expand", group="shape", rules=(Pass,))
@@ -289,8 +335,11 @@ def _check_resize(view: NodeView) -> Optional[str]:
         return view.not_constant("its scales", scales)
     x, y = view.shape(view.inputs[0]), resize_output_shape(view)
     for name, shape in ((view.inputs[0], x), (view.outputs[0], y)):
-        if shape is None or any(d is None for d in shape[1:]):
-            return f"the shape of {name!r} is not known at compile time"
+        if shape is None:
+            return f"the rank of {name!r} is not known at compile time"
+    given = _given_scales(view, len(x))
+    if given is not None and given[0] != 1.0:
+        return "it resizes the batch axis (relevance would mix samples)"
     return None
 
 
@@ -356,15 +405,14 @@ def _scales_input(view: NodeView) -> str:
     return view.inputs[position] if len(view.inputs) > position else ""
 
 
-def _resize_scales(view: NodeView, x_shape: tuple, y_shape: tuple) -> list:
-    """Per-axis scale as the coordinate transform uses it: the given scales (input or attribute), else out / in."""
-    rank = len(x_shape)
+def _given_scales(view: NodeView, rank: int) -> Optional[list]:
+    """Per-axis scales given as a constant (input or attribute), None where the sizes decide."""
     name = _scales_input(view)
     scales = view.const(name) if name else None
     if scales is None and view.attr("scales") is not None:
         scales = np.asarray(view.attr("scales"))
     if scales is None or scales.size == 0:
-        return [(o / i) if (i and o) else 1.0 for i, o in zip(x_shape, y_shape)]
+        return None
     scales = scales.astype(np.float64).reshape(-1).tolist()
     axes = view.attr("axes")
     if axes is None:
@@ -375,6 +423,14 @@ def _resize_scales(view: NodeView, x_shape: tuple, y_shape: tuple) -> list:
     return full
 
 
+def _resize_scales(view: NodeView, x_shape: tuple, y_shape: tuple) -> list:
+    """Per-axis scale as the coordinate transform uses it: the given scales (input or attribute), else out / in."""
+    given = _given_scales(view, len(x_shape))
+    if given is None:
+        return [(o / i) if (i and o) else 1.0 for i, o in zip(x_shape, y_shape)]
+    return given
+
+
 @register(("Resize", "Upsample"), group="shape", rules=(Pass,), check=_check_resize)
 def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Resize as the linear map it is, moved back by its exact transpose: R_x = J^T R_y, per axis
@@ -383,6 +439,8 @@ def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     conserves exactly without a stabilizer, and it is what Zennit does with an Upsample layer (its gradient)."""
     x = view.inputs[0]
     x_shape, y_shape = view.shape(x), resize_output_shape(view)
+    if not (known(x_shape[1:]) and known(y_shape[1:])):
+        return _resize_dynamic(b, view, R)
     rank = len(x_shape)
     scales = _resize_scales(view, x_shape, y_shape)
     if scales[0] != 1.0:
@@ -412,6 +470,35 @@ def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     if block_axes:
         split = b.op("Reshape", [back, b.ints([0] + block_shape, "blocks")], "R_blocks")
         back = b.reduce("ReduceSum", split, block_axes, keepdims=False, hint="R_x")
+    return Emitted([back] + [None] * (len(view.inputs) - 1))
+
+
+def _resize_dynamic(b: GraphBuilder, view: NodeView, R: list) -> Emitted:
+    """Resize's exact transpose where a size is known only at run time (see resize_dynamic): axes that keep their
+    size pass, nearest upsamples by an integer factor sum their blocks, other axes multiply by a run-time A^T."""
+    x = view.inputs[0]
+    x_shape, y_shape = view.shape(x), resize_output_shape(view)
+    rank = len(x_shape)
+    given = _given_scales(view, rank)
+    mode = view.attr("mode", "nearest")
+    ctm = view.attr("coordinate_transformation_mode", "half_pixel" if b.opset >= 11 else "asymmetric")
+    nearest_mode = view.attr("nearest_mode", "round_prefer_floor" if b.opset >= 11 else "simple")
+    back, factors = R[0], {}
+    for axis in range(1, rank):
+        n_in, n_out = x_shape[axis], y_shape[axis]
+        scale = given[axis] if given is not None else None
+        if scale is None and n_in is not None and n_in == n_out and \
+                np.array_equal(resize_matrix(n_in, n_out, 1.0, mode, ctm, nearest_mode), np.eye(n_in)):
+            continue  # an axis Resize leaves alone
+        if scale is not None and is_block_copy(scale, mode, ctm, nearest_mode):
+            if scale != 1.0:  # a nearest upsample by an integer factor: sum each block of copies
+                factors[axis] = scale
+            continue
+        A = runtime_matrix(b, dims(b, x, axis, axis + 1, "n_in"), dims(b, view.outputs[0], axis, axis + 1, "n_out"),
+                           scale, mode, ctm, nearest_mode)
+        back = matrix_transpose_along(b, back, axis, rank, A)
+    if factors:
+        back = block_sum(b, back, x, rank, factors)
     return Emitted([back] + [None] * (len(view.inputs) - 1))
 
 
