@@ -52,7 +52,7 @@ browser-install:
 	fi
 
 $(STAMP_TEST): pyproject.toml constraints.txt | $(PY)
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e '.[test,ray]'
 	# zennit asks for torch and torchvision unpinned: install it alone, the constraints keep torch at the local CPU build
 	$(PIP) install -q --no-deps zennit==0.5.1
 	# quantus asks for torch, torchvision and opencv-python: install it alone (the test extras bring what it imports)

@@ -4,14 +4,18 @@ __version__ = "0.1.0"
 from .compiler import compile, compiled_metadata  # noqa: E402,A001
 from .composites import load_composite  # noqa: E402
 from .errors import (  # noqa: E402
-    CompileError, CompositeError, InputError, ModelLoadError, OnnxLrpError, RuleParameterError, UnsupportedModelError,
+    ArgumentError, ArgumentTypeError, CompileBudgetError, CompileError, CompositeError, ConservationError, InputError,
+    ModelLoadError, OnnxLrpError, RuleParameterError, UnsupportedModelError,
 )
 from .runtime import Explainer, Explanation  # noqa: E402
 from .evaluate import evaluate  # noqa: E402  (the function; the module stays importable as onnxlrp.evaluate)
+from .datasets import explain_dataset  # noqa: E402
 
-__all__ = ["compile", "compiled_metadata", "load_composite", "Explainer", "Explanation", "evaluate", "OnnxLrpError",
+__all__ = ["compile", "compiled_metadata", "load_composite", "Explainer", "Explanation", "evaluate",
+           "explain_dataset", "OnnxLrpError",
            "CompileError", "CompositeError", "InputError", "ModelLoadError", "RuleParameterError",
-           "UnsupportedModelError", "__version__"]
+           "UnsupportedModelError", "CompileBudgetError", "ConservationError", "ArgumentError", "ArgumentTypeError",
+           "__version__"]
 
 
 def __getattr__(name: str):

@@ -12,15 +12,42 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import CompileBudgetError, CompileError
+
+DEFAULT_MAX_CONSTANT_BYTES = 256 * 2 ** 20
+
+
+def megabytes(nbytes: float) -> str:
+    """A byte count as '12.3 MB' or '23.8 GB' (binary units, as the budget option counts)."""
+    if nbytes >= 2 ** 30:
+        return f"{nbytes / 2 ** 30:.3g} GB"
+    return f"{nbytes / 2 ** 20:.3g} MB"
+
+
+def shape_text(shape, symbols=None) -> str:
+    """A declared shape as '(N, 3, 224, 224)': symbolic dims by name (symbols: per axis a name or None), unknown
+    ones as '?'."""
+    if shape is None:
+        return "(unknown rank)"
+    symbols = symbols or (None,) * len(shape)
+    return "(" + ", ".join(str(d) if d is not None else (s or "?") for d, s in zip(shape, symbols)) + ")"
+
 
 class GraphBuilder:
     """Collects new nodes and initializers; every name it creates is unique in the model."""
 
-    def __init__(self, model: onnx.ModelProto, opset: int, dtype: np.dtype) -> None:
+    def __init__(self, model: onnx.ModelProto, opset: int, dtype: np.dtype,
+                 max_constant_bytes: int = DEFAULT_MAX_CONSTANT_BYTES) -> None:
         self.opset = opset
         self.dtype = np.dtype(dtype)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self.max_constant_bytes = int(max_constant_bytes)
+        # constants derived from the model's own weights (W+, gamma's W, a layout copy) are as large as the weights
+        # the file holds; anything beyond twice the largest of them and the budget is sized by declared dimensions
+        largest = max((_tensor_bytes(t) for t in model.graph.initializer), default=0)
+        self._constant_limit = max(self.max_constant_bytes, 2 * largest)
+        self._counters: dict[str, int] = {}
         self._taken = {v.name for v in model.graph.value_info}
         self._taken |= {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
         self._taken |= {t.name for t in model.graph.initializer}
@@ -45,30 +72,52 @@ class GraphBuilder:
         self._as_working: dict[str, str] = {}
 
     def fresh(self, hint: str) -> str:
-        """A new unique value name under the current scope."""
+        """A new unique value name under the current scope: base, base_2, base_3, ... A counter per base remembers
+        where the last search ended, so n names from one base cost O(n) in all, not O(n^2)."""
         base = f"{self.scope}/{hint}"
-        name, k = base, 1
-        while name in self._taken:
+        k = self._counters.get(base, 0)
+        while True:
             k += 1
-            name = f"{base}_{k}"
+            name = base if k == 1 else f"{base}_{k}"
+            if name not in self._taken:
+                break
+        self._counters[base] = k
         self._taken.add(name)
         return name
+
+    def unused(self, name: str) -> str:
+        """name itself when no value of the model or the builder has it yet, else name_2, name_3, ..."""
+        candidate, k = name, 1
+        while candidate in self._taken:
+            k += 1
+            candidate = f"{name}_{k}"
+        return candidate
+
+    def check_budget(self, count: int, itemsize: int, what: str) -> None:
+        """Refuse (CompileBudgetError) a constant of count items of itemsize bytes beyond max_constant_bytes, before
+        it is built; `what` says what the constant is for and from which declared shape (the compiler adds the
+        node)."""
+        nbytes = int(count) * int(itemsize)
+        if nbytes > self.max_constant_bytes:
+            raise CompileBudgetError(f"{what} needs a constant of {megabytes(nbytes)}, beyond the compile budget of "
+                                     f"{megabytes(self.max_constant_bytes)} (raise it with max_constant_bytes= / "
+                                     f"--max-constant-mb if the model really is that large)")
 
     def op(self, op_type: str, inputs: Sequence[str], hint: str | None = None, n_out: int = 1, **attrs):
         """Append one node; returns its output name (or a list of names when n_out > 1)."""
         outputs = [self.fresh(f"{hint or op_type.lower()}") for _ in range(n_out)]
         inputs = [self.working(i) for i in inputs]
-        node = helper.make_node(op_type, list(inputs), outputs, name=self.fresh(f"{op_type}_node"), **attrs)
-        self.nodes.append(node)
+        self.nodes.append(_node(op_type, inputs, outputs, self.fresh(f"{op_type}_node"), attrs))
         return outputs[0] if n_out == 1 else outputs
 
     def op_named(self, op_type: str, inputs: Sequence[str], output: str, **attrs) -> str:
         """Append one node whose output gets an exact, caller-chosen name (graph outputs)."""
         if output in self._taken:
-            raise ValueError(f"value name {output!r} is already used in the model")
+            raise CompileError(f"the model already uses the name {output!r}, which onnxlrp gives one of its outputs: "
+                               f"rename that value (or node) in the model")
         self._taken.add(output)
         inputs = [self.working(i) for i in inputs]
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=self.fresh(f"{op_type}_node"), **attrs))
+        self.nodes.append(_node(op_type, inputs, [output], self.fresh(f"{op_type}_node"), attrs))
         return output
 
     def working(self, name: str) -> str:
@@ -85,6 +134,10 @@ class GraphBuilder:
     def const(self, value, dtype=None, hint: str = "const") -> str:
         """An initializer holding value (cast to dtype, default the working float dtype); identical ones are shared."""
         array = np.asarray(value, dtype=dtype if dtype is not None else self.dtype)
+        if array.nbytes > self._constant_limit:  # the last line of defence: emitters check before they build
+            raise CompileBudgetError(f"a constant {hint!r} of shape {array.shape} ({megabytes(array.nbytes)}) is "
+                                     f"beyond the compile budget of {megabytes(self.max_constant_bytes)} "
+                                     f"(max_constant_bytes= / --max-constant-mb)")
         key = (array.dtype.str, array.shape, hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest())
         if key not in self._const_cache:
             name = self.existing(array) if array.size >= 16 else None
@@ -196,3 +249,24 @@ class GraphBuilder:
         if len(names) == 2:
             return self.op("Add", names, hint)
         return self.op("Sum", names, hint)
+
+
+def _node(op_type: str, inputs: list, outputs: list, name: str, attrs: dict) -> onnx.NodeProto:
+    """A NodeProto as helper.make_node builds it (attributes sorted by name), without its per-call overhead (a
+    compile builds about ten nodes per source node)."""
+    node = onnx.NodeProto(op_type=op_type, input=inputs, output=outputs, name=name)
+    if attrs:
+        node.attribute.extend(helper.make_attribute(key, value) for key, value in sorted(attrs.items()))
+    return node
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes a tensor's values take (its declared dims times its element size; 1 per element when unknown)."""
+    count = 1
+    for d in tensor.dims:
+        count *= max(int(d), 0)
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, ValueError, TypeError):
+        itemsize = 1
+    return count * itemsize

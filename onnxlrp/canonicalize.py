@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 from .errors import OnnxLrpError
 from .graph import GraphIndex
 from .merge_branches import merge_parallel_convs
+from .recurrent import unroll_recurrent
 
 BYPASSED_OUTPUT_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
 
@@ -73,6 +74,8 @@ def _single_consumer(index: GraphIndex, value: str, graph_outputs: set) -> Optio
 def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold an inference BatchNormalization into the Conv/ConvTranspose/Gemm before it:
     w' = w * gamma / sqrt(var + eps) per output channel, b' = (b - mean) * gamma / sqrt(var + eps) + beta."""
+    if not _has_op(model, "BatchNormalization"):  # no index to build (shape inference on the whole graph)
+        return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()
@@ -147,6 +150,8 @@ def fold_batchnorm_into_next(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold an inference BatchNormalization into the linear node that is its only consumer (BN -> Conv without
     padding, BN -> Gemm, BN -> MatMul on rank 2): with BN(x) = k x + c per input channel, W' = W diag(k) and
     b' = b + W c (for a Conv: the sum of each filter's taps times c of their channel)."""
+    if not _has_op(model, "BatchNormalization"):
+        return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()
@@ -227,6 +232,8 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
     """Fold a per-channel Mul / Div by a constant and Add / Sub of a constant after a Conv into its weight and bias
     (tf2onnx writes a Keras 3 depthwise convolution's BatchNorm, and sometimes a bias, so):
     (W x + b) * k + c = (k W) x + (k b + c), per output channel; repeated while the chain goes on."""
+    if not _has_op(model, "Conv"):  # no index to build (shape inference on the whole graph)
+        return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()
@@ -277,6 +284,8 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
 def matmul_add_to_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
     """MatMul(x, W) + b on a rank-2 x with constant 2-D W and bias of shape (M,) or (1, M) -> one Gemm node,
     so that the bias belongs to its linear node (one rule, one bias row)."""
+    if not _has_op(model, "MatMul"):
+        return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
     removed = set()
@@ -305,6 +314,56 @@ def matmul_add_to_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+CLASSIFIER_TRANSFORMS = {"SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
+
+
+def split_classifier_transform(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A LinearClassifier (ai.onnx.ml) whose post_transform is SOFTMAX or LOGISTIC writes its raw scores and a
+    standard Softmax / Sigmoid after it writes the probabilities: the scores are then the classifier's linear
+    output, and the trailing Softmax / Sigmoid is bypassed like any other (the logits are explained)."""
+    taken = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    nodes = []
+    for node in model.graph.node:
+        nodes.append(node)
+        transform = _attr(node, "post_transform", b"NONE")
+        transform = transform.decode() if isinstance(transform, bytes) else transform
+        if node.op_type != "LinearClassifier" or node.domain != "ai.onnx.ml" or len(node.output) < 2 \
+                or not node.output[1] or transform not in CLASSIFIER_TRANSFORMS:
+            continue
+        if not _one_row_per_score(node, transform):
+            continue
+        scores, k = f"{node.output[1]}_scores", 1
+        while scores in taken:
+            k += 1
+            scores = f"{node.output[1]}_scores{k}"
+        taken.add(scores)
+        probabilities = node.output[1]
+        node.output[1] = scores
+        _set_attr(node, "post_transform", "NONE")
+        attrs = {"axis": 1} if transform == "SOFTMAX" else {}
+        nodes.append(helper.make_node(CLASSIFIER_TRANSFORMS[transform], [scores], [probabilities],
+                                      name=f"{node.name}_{transform.lower()}", **attrs))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _one_row_per_score(node: onnx.NodeProto, transform: str) -> bool:
+    """True when the classifier has (or is given) one coefficient row per score column. A binary classifier with
+    one row s = x c + b writes onnxruntime's [1 - p, p]: under LOGISTIC it is rewritten to the rows [-c, c] and
+    intercepts [-b, b] (sigmoid(-s) = 1 - sigmoid(s): the same outputs); under SOFTMAX it stays, and is refused."""
+    labels = _attr(node, "classlabels_ints", None) or _attr(node, "classlabels_strings", None) or []
+    intercepts = list(_attr(node, "intercepts", None) or [0.0])
+    if len(labels) != 2 or len(intercepts) != 1:
+        return True
+    if transform != "LOGISTIC":
+        return False
+    coefficients = list(_attr(node, "coefficients", []))
+    _set_attr(node, "coefficients", [-c for c in coefficients] + coefficients)
+    _set_attr(node, "intercepts", [-intercepts[0], intercepts[0]])
+    return True
+
+
 def explained_tensor(model: onnx.ModelProto, output: Optional[str]) -> tuple:
     """(graph output to explain, tensor whose value is explained): the first float output by default; a trailing
     Softmax/LogSoftmax/Sigmoid (behind Identity/Cast) is bypassed so that the logits are explained."""
@@ -326,12 +385,28 @@ def explained_tensor(model: onnx.ModelProto, output: Optional[str]) -> tuple:
     elif output not in floats:
         raise OnnxLrpError(f"output {output!r} is not a floating-point tensor and cannot be explained")
     value = zipmapped.get(output, output)
-    while value in producers and producers[value].op_type in ("Identity", "Cast"):
+    while value in producers and (producers[value].op_type in ("Identity", "Cast")
+                                  or _normalizes_probabilities(producers[value], producers)):
         value = producers[value].input[0]
     node = producers.get(value)
     if node is not None and node.op_type in BYPASSED_OUTPUT_OPS:
         return output, node.input[0]
     return output, output
+
+
+def _normalizes_probabilities(node: onnx.NodeProto, producers: dict) -> bool:
+    """True for skl2onnx's L1 Normalizer (ai.onnx.ml) after a Softmax / Sigmoid: it rescales probabilities only,
+    and is bypassed with them."""
+    norm = _attr(node, "norm", b"MAX")
+    norm = norm.decode() if isinstance(norm, bytes) else norm
+    source = producers.get(node.input[0]) if node.input else None
+    return (node.op_type == "Normalizer" and node.domain == "ai.onnx.ml" and norm == "L1" and source is not None
+            and source.op_type in BYPASSED_OUTPUT_OPS)
+
+
+def _has_op(model: onnx.ModelProto, op_type: str) -> bool:
+    """True if the main graph holds a node of this op type (a rewrite that looks for it has work to do)."""
+    return any(node.op_type == op_type for node in model.graph.node)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -354,8 +429,9 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run every rewrite in order on a copy; shapes are re-inferred at the end."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for rewrite in (name_nodes, constants_to_initializers, fold_batchnorm, fold_batchnorm_into_next,
-                    fold_affine_into_conv, merge_parallel_convs, matmul_add_to_gemm):
+    for rewrite in (name_nodes, constants_to_initializers, unroll_recurrent, split_classifier_transform,
+                    fold_batchnorm, fold_batchnorm_into_next, fold_affine_into_conv, merge_parallel_convs,
+                    matmul_add_to_gemm):
         out = rewrite(out)
     return out
 

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import click
 
 from .cli_options import EXIT_INTERNAL, EXIT_USER_ERROR
-from .errors import OnnxLrpError
+from .errors import OnnxLrpError, one_line
 
 SHARED_MODULES = ("cli_options",)
 
@@ -26,7 +26,7 @@ class _UsageLine(click.UsageError):
 
     def show(self, file=None) -> None:
         hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
-        click.echo(f"error: {self.message.rstrip('.')}{hint}", err=True)
+        click.echo(f"error: {one_line(self.message.rstrip('.'))}{hint}", err=True)
 
 
 def _one_line(exc: click.UsageError) -> _UsageLine:
@@ -62,7 +62,8 @@ class _Group(click.Group):
         except Exception as exc:  # never a bare traceback
             if os.environ.get("ONNXLRP_DEBUG"):
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            first = str(exc).splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"internal error: {type(exc).__name__}: {one_line(first)} "
                        f"(set ONNXLRP_DEBUG=1 for the traceback)", err=True)
             ctx.exit(EXIT_INTERNAL)
 
@@ -109,8 +110,8 @@ register_commands(main)
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point for tests: run the CLI and return its exit code."""
     try:
-        main.main(args=list(argv) if argv is not None else None, standalone_mode=False)
-        return 0
+        code = main.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        return code if isinstance(code, int) else 0  # click hands back ctx.exit(code) as the return value
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

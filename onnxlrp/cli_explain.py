@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 
 import click
 
-from .cli_options import (check_output_file, command, explain_composite_option, input_options, mask_arguments,
-                          mask_options, model_argument, note, output_option, parse_model_shapes, parse_sets,
-                          parse_targets, read_inputs, set_option, shape_option, target_option)
+from .cli_options import (check_output_file, command, constant_budget, explain_composite_option, input_options,
+                          mask_arguments, mask_options, model_argument, note, output_option, parse_model_shapes,
+                          parse_sets, parse_targets, read_inputs, set_option, shape_option, target_option)
 
 SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
 
@@ -26,15 +26,25 @@ SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
 @click.option("--heatmap", default=None, type=click.Path(dir_okay=False),
               help="Write a picture (.png, .jpg, .pdf, .svg, ...: the suffix sets the format): relevance heatmaps "
                    "for image inputs, a bar chart of the top features otherwise.")
+@click.option("--max-heatmaps", default=None, type=click.IntRange(min=1),
+              help="Heatmap: draw at most this many samples, the first ones [default: 16].")
 @click.option("--overlay", is_flag=True, help="Heatmap: draw the relevance over the input image, not beside it.")
 @click.option("--feature-names", default=None, type=click.Path(dir_okay=False),
               help="A text file with one name per input value (per feature of a flat input, per pixel and "
                    "channel of an image): names the printed top positions and the bars of the chart.")
 @mask_options
 @shape_option
+@click.option("--no-check", "no_check", is_flag=True,
+              help="Do not verify total = inputs + biases + stabilizer for every sample (a few sums; see the README).")
+@click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Samples per onnxruntime run: memory follows the batch size, not the input's size.")
 def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, out, top, heatmap,
-                overlay, feature_names, region, channel, anchor, mask_file, shapes) -> None:
+                max_heatmaps, overlay, feature_names, region, channel, anchor, mask_file, shapes, no_check,
+                batch_size) -> None:
     """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
+    from .batching import Gatherer, batch_length, explain_in_batches
+    from .datasets.progress import RunProgress
+    from .heatmap import MAX_SAMPLES
     from .report import conservation_line, top_positions
     from .runtime import Explainer
     check_output_file(out, "-o")
@@ -46,14 +56,26 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
     names = _feature_names(feature_names)
     masks = mask_arguments(region, channel, anchor, mask_file)
     explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name,
-                          shapes=parse_model_shapes(model, shapes))
+                          shapes=parse_model_shapes(model, shapes), max_constant_bytes=constant_budget())
     inputs = read_inputs(explainer, input_file, keys, size, mean, std)
     named = _named_inputs(names, inputs)
-    exp = explainer.explain(inputs, target, **masks)
-    n = exp.total.shape[0]
-    click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}")
+    n = batch_length(inputs)
+    if "target_mask" in masks:   # a mask file may hold one mask per sample: one run keeps them with their samples
+        batch_size = max(n, 1)
+    drawn = (max_heatmaps or MAX_SAMPLES) if heatmap else 0
+    head = Gatherer(min(n, max(SHOWN_SAMPLES, drawn)))   # what is printed and drawn
+    everything = Gatherer(n) if out else None             # what -o saves
+    with RunProgress(n, enabled=None if n > batch_size else False) as progress:
+        for start, part in explain_in_batches(explainer, inputs, target, batch_size, check=not no_check, **masks):
+            head.add(start, part)
+            if everything is not None:
+                everything.add(start, part)
+            progress.advance(part.total.shape[0], 0)
+    exp = head.result()
+    runs = f" in {-(-n // batch_size)} runs of {batch_size}" if n > batch_size else ""
+    click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}{runs}")
     for i in range(min(n, SHOWN_SAMPLES)):
-        logits = exp.output.reshape(n, -1)[i]
+        logits = exp.output.reshape(exp.output.shape[0], -1)[i]
         if exp.target_mask is not None:
             click.echo(f"sample {i}: explained sum(mask * output) over "
                        f"{int((exp.target_mask[i] != 0).sum())} output entries = {float(exp.total[i]):.6g}")
@@ -70,16 +92,17 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
         click.echo(f"... {n - SHOWN_SAMPLES} more samples (use -o to save all)")
     if out:
         from .report import save_explanation
-        save_explanation(exp, out)
+        save_explanation(everything.result(), out)
         click.echo(f"wrote {out}")
     if heatmap:
         from .heatmap import save_explanation_heatmaps
         title = (f"{Path(model).name}: LRP ({explainer.composite}) of the {_target_text(target)} "
                  f"(red: for it, blue: against)")
-        for path, layout in save_explanation_heatmaps(heatmap, exp, inputs, names=names, overlay=overlay, top=top,
-                                                      title=title, named=named):
-            if layout.samples < layout.total:
-                note(f"the heatmap shows the first {layout.samples} of the {layout.total} samples")
+        first = {name: value[:head.filled] for name, value in inputs.items()}
+        for path, layout in save_explanation_heatmaps(heatmap, exp, first, names=names, overlay=overlay, top=top,
+                                                      title=title, named=named, max_samples=max_heatmaps):
+            if layout.samples < n:
+                note(f"the heatmap shows the first {layout.samples} of the {n} samples")
             click.echo(f"wrote heatmap {path}")
 
 

@@ -123,8 +123,45 @@ def model_argument(fn):
     return click.argument("model", type=click.Path())(fn)
 
 
+def _remember(key: str):
+    """An option callback that keeps the value in the click context (read by the helpers below), so that commands
+    need no parameter for it."""
+    def store(ctx: click.Context, param, value):
+        ctx.meta[key] = value
+        return value
+    return store
+
+
+max_constant_option = click.option(
+    "--max-constant-mb", type=click.FloatRange(min=0, min_open=True), default=None, expose_value=False,
+    callback=_remember("onnxlrp.max_constant_mb"), metavar="MB",
+    help="Compile budget: the largest constant built from the model's declared shapes [default: 256]; a node "
+         "beyond it is refused in one line.")
+max_input_option = click.option(
+    "--max-input-mb", type=click.FloatRange(min=0, min_open=True), default=None, expose_value=False,
+    callback=_remember("onnxlrp.max_input_mb"), metavar="MB",
+    help="Input budget: the arrays of an .npy/.npz --input together, as their headers declare, checked before "
+         "they are read [default: 1024].")
+
+
+def constant_budget() -> Optional[int]:
+    """--max-constant-mb in bytes, None for the default."""
+    value = click.get_current_context().meta.get("onnxlrp.max_constant_mb")
+    return None if value is None else max(1, int(value * 2 ** 20))
+
+
+def input_budget() -> int:
+    """--max-input-mb in bytes (MAX_INPUT_BYTES by default)."""
+    from .inputs import MAX_INPUT_BYTES
+    value = click.get_current_context().meta.get("onnxlrp.max_input_mb")
+    return MAX_INPUT_BYTES if value is None else max(1, int(value * 2 ** 20))
+
+
 def input_options(fn):
-    """--input / -i FILE: the batch to explain, --key: which arrays of an .npz file, and the image options."""
+    """--input / -i FILE: the batch to explain, --key: which arrays of an .npz file, the input budget, the image
+    options and the compile budget (commands that read an input compile the model too)."""
+    fn = max_constant_option(fn)
+    fn = max_input_option(fn)
     fn = image_options(fn)
     fn = click.option("--key", "keys", multiple=True, metavar="NAME|INPUT=NAME",
                       help=".npz input: the array to explain (NAME), or the array for each model input "
@@ -172,7 +209,8 @@ def read_inputs(explainer, input_file: str, keys: Sequence[str], size: Optional[
     shape = explainer.inputs[0].shape if len(explainer.inputs) == 1 else []
     options = options_for_shape(shape, parse_size(size), parse_floats(mean, "--mean"), parse_floats(std, "--std"))
     notes: list = []
-    inputs = load_inputs(input_file, names, image=options, keys=parse_keys(keys, names), notes=notes)
+    inputs = load_inputs(input_file, names, image=options, keys=parse_keys(keys, names), notes=notes,
+                         max_bytes=input_budget())
     for message in notes:
         note(message)
     return inputs

@@ -8,9 +8,9 @@ from typing import Optional
 import click
 import numpy as np
 
-from .cli_options import (check_output_file, command, explain_composite_option, format_option, input_options,
-                          model_argument, output_option, parse_sets, parse_targets, read_inputs, set_option,
-                          target_option)
+from .cli_options import (check_output_file, command, constant_budget, explain_composite_option, format_option,
+                          input_options, model_argument, output_option, parse_sets, parse_targets, read_inputs,
+                          set_option, target_option)
 
 
 def _explain(model: str, input_file: str, keys, targets, composite: Optional[str], sets, output_name: Optional[str],
@@ -19,7 +19,7 @@ def _explain(model: str, input_file: str, keys, targets, composite: Optional[str
     from .runtime import Explainer
     target = parse_targets(targets)
     explainer = Explainer(model, composite, params=parse_sets(sets), output=output_name,
-                          node_relevance=node_relevance)
+                          node_relevance=node_relevance, max_constant_bytes=constant_budget())
     inputs = read_inputs(explainer, input_file, keys, size, mean, std)
     return explainer, explainer.explain(inputs, target)
 
@@ -46,7 +46,7 @@ def report_options(fn):
     return fn
 
 
-@command("bias-table", short_help="Relevance taken by every bias, the inputs and the stabilizer.")
+@command("bias-table", short_help="Relevance taken by every bias, the inputs, the stabilizer.")
 @report_options
 @click.option("--top", default=3, show_default=True, help="How many of each row's largest units to list.")
 def bias_table_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, fmt, top) -> None:

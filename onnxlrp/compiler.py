@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence, Union
 
@@ -11,15 +12,18 @@ import onnx
 from onnx import helper
 
 from . import __version__
-from .builder import GraphBuilder
+from .builder import DEFAULT_MAX_CONSTANT_BYTES, GraphBuilder
 from .canonicalize import canonicalize, explained_tensor
 from .composites import Composite, load_composite
 from .emitters import NodeView, accepted_rules, lookup
-from .errors import CompileError, ModelLoadError, NodeProblem, OnnxLrpError, UnsupportedModelError
+from .errors import (ArgumentError, ArgumentTypeError, CompileError, ModelLoadError, NodeProblem, OnnxLrpError,
+                     UnsupportedModelError)
 from .fold import fold_constants
 from .graph import FLOAT_TYPES, GraphIndex, ModelLike, all_inputs, inconsistency, load_model, opset_version
 from .prune import prune_unused
+from .recurrent import RECURRENT_OPS, unroll_problem
 from .shapes import annotate_shapes, check_model
+from .trust import CONSERVATION_KEY, DIGEST_KEY, graph_digest, parse_metadata
 from .targets import MASK_INPUT, mask_input_info, masked_seed
 from .specialise import NeedsStaticSize, StaticSizeError, specialise, static_size_hint
 
@@ -52,6 +56,12 @@ DOMAIN_HINTS = {
                      "before onnxruntime's optimisations",
 }
 CUSTOM_DOMAIN_HINT = "custom ops cannot be explained: export with standard ONNX ops"
+ML_DOMAINS = ("ai.onnx.ml",)
+ML_REASON = "no relevance rule for this classical-ML op (Scaler, LinearRegressor and LinearClassifier have one)"
+ML_REASONS = {
+    "Normalizer": "it divides each row by its own norm, which is not a linear map: no linear LRP rule applies "
+                  "(explain the estimator on normalised features, without the Normalizer)",
+}
 
 
 @dataclass
@@ -144,7 +154,7 @@ def _prune_silent_branches(index: GraphIndex, explained: str, path: set, nodes: 
         if not any(o in receives for o in node.output):
             continue
         kept.append(node)
-        spec = lookup(node.op_type) if node.domain in ("", "ai.onnx") else None
+        spec = lookup(node.op_type, node.domain)
         silent = set()
         if spec is not None and spec.silent is not None:
             view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
@@ -169,7 +179,11 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     for node in nodes:
         view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
         plan.views[node.name] = view
-        if node.domain not in ("", "ai.onnx"):
+        spec = lookup(node.op_type, node.domain)
+        if spec is None and node.domain in ML_DOMAINS:
+            problems.append(NodeProblem(node.op_type, node.name, ML_REASONS.get(node.op_type, ML_REASON)))
+            continue
+        if spec is None and node.domain not in ("", "ai.onnx"):
             problems.append(NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}",
                                         DOMAIN_HINTS.get(node.domain, CUSTOM_DOMAIN_HINT)))
             continue
@@ -178,7 +192,9 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
             problems.append(NodeProblem(node.op_type, node.name, f"its constant input {broken[0]!r} holds NaN or Inf",
                                         "the model file is corrupt or its training diverged"))
             continue
-        spec = lookup(node.op_type)
+        if spec is None and node.op_type in RECURRENT_OPS:  # left in place by canonicalisation: say why
+            problems.append(NodeProblem(node.op_type, node.name, unroll_problem(node, index) or "it was not unrolled"))
+            continue
         if spec is None:
             problems.append(NodeProblem(node.op_type, node.name, "no relevance rule for this op",
                                         HINTS.get(node.op_type, "")))
@@ -207,6 +223,51 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     if problems:
         raise UnsupportedModelError(problems)
     return plan
+
+
+def _layout(info) -> str:
+    """A value's declared layout: '(N, 10)', with symbolic dims by name and unknown ones as '?'."""
+    symbols = info.symbols or (None,) * len(info.shape)
+    return "(" + ", ".join(str(d) if d is not None else (s or "?") for d, s in zip(info.shape, symbols)) + ")"
+
+
+def check_batch_first(index: GraphIndex, out_name: str, explained: str) -> None:
+    """Refuse an explained output whose first axis is provably not the inputs' batch axis, or that has no class
+    axis to speak of (a scalar, zero classes). Rows of the explained value are taken as samples; an output laid
+    out (classes, N) would mix them (with as many samples as classes nothing else would notice). Where the
+    declared shapes cannot tell, the runtime checks that the first axis has the batch's size."""
+    info = index.info(explained)
+    if info is None or info.shape is None:
+        return
+    what = repr(out_name) if explained == out_name else f"{out_name!r} (explained at {explained!r})"
+    if len(info.shape) == 0:
+        raise OnnxLrpError(f"output {what} is a scalar: it has no batch axis, nothing to explain per sample")
+    if any(d == 0 for d in info.shape[1:]):
+        raise OnnxLrpError(f"output {what} has no classes (declared {_layout(info)}): nothing to explain")
+    batches = [(name, index.info(name)) for name in index.graph_inputs]
+    batches = [(name, i) for name, i in batches if i is not None and i.shape]
+    symbols = {i.symbols[0] for _, i in batches if i.symbols and i.symbols[0]}
+    sizes = {i.shape[0] for _, i in batches if i.shape[0] is not None}
+    if not batches:
+        return
+    first_name, first = batches[0]
+    hint = (f"the inputs' batch axis is the first axis of {first_name!r} {_layout(first)}; explain a batch-first "
+            f"output (transpose it in the model) or another output (--output)")
+    own = info.symbols or (None,) * len(info.shape)
+    for axis, symbol in enumerate(own[1:], start=1):
+        if symbol is not None and symbol in symbols and symbol != own[0]:
+            raise OnnxLrpError(f"output {what} is laid out {_layout(info)}: its batch axis {symbol!r} is axis {axis}, "
+                               f"not the first; {hint}")
+    d0 = info.shape[0]
+    if d0 is None:
+        return
+    if sizes and not symbols and d0 not in sizes:
+        raise OnnxLrpError(f"output {what} is laid out {_layout(info)}: its first axis ({d0}) is not the batch axis "
+                           f"({', '.join(map(str, sorted(sizes)))}); {hint}")
+    if symbols and not sizes and d0 > 1:
+        raise OnnxLrpError(f"output {what} is laid out {_layout(info)}: its first axis has the fixed size {d0} while "
+                           f"the batch axis is free; {hint} (a model that only runs with batches of {d0} should "
+                           f"declare its input so)")
 
 
 def _seed(b: GraphBuilder, explained: str, init: str, rank: Optional[int] = None) -> tuple:
@@ -263,13 +324,17 @@ def _blame_inconsistent_models(fn):
 def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Composite] = "epsilon_plus", *,
             params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
             node_relevance: Union[None, str, Sequence[str]] = None,
+            max_constant_bytes: Optional[int] = None,
             shapes: Optional[Mapping[str, Sequence[Optional[int]]]] = None) -> onnx.ModelProto:
     """Compile a model into one graph computing its outputs plus the LRP relevance of every float input,
     the bias relevance of every biased node, the stabilizer share and the total (seed) per sample. The compiled
     graph accepts every input size the model accepts; `shapes` ({input: dims}, -1 for an axis left dynamic)
-    specialises it to one size first."""
-    if init not in ("logit", "one"):
-        raise OnnxLrpError(f"init must be 'logit' or 'one', got {init!r}")
+    specialises it to one size first.
+
+    max_constant_bytes (default 256 MiB) bounds every constant the compiler builds from declared dimensions (a
+    Gather on an axis declared 10^9 long, a Resize of a huge image): beyond it the node is refused in one line."""
+    node_relevance = check_compile_arguments(model, composite, params, output, init, node_relevance,
+                                             max_constant_bytes)
     from .gradient import compile_gradient, is_gradient
     if is_gradient(composite):  # gradient x input: a VJP backward pass instead of relevance rules (gradient.py)
         return compile_gradient(model, params=params, output=output, init=init, node_relevance=node_relevance)
@@ -278,14 +343,17 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         raise OnnxLrpError("this model is already compiled by onnxlrp; compile the original model instead")
     specialise(source, shapes)
     comp = load_composite(composite, params)
+    check_reserved_names(source)
     canon = canonicalize(fold_constants(source))
     plan = plan_model(canon, comp, output)
     index = plan.index
+    check_batch_first(index, plan.output, plan.explained)
     explained_info = index.info(plan.explained)
     if explained_info is None:
         raise OnnxLrpError(f"the type of the explained value {plan.explained!r} is unknown")
     dtype = working_dtype(explained_info.elem_type)
-    b = GraphBuilder(canon, opset_version(canon), dtype)
+    b = GraphBuilder(canon, opset_version(canon), dtype,
+                     DEFAULT_MAX_CONSTANT_BYTES if max_constant_bytes is None else max_constant_bytes)
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     b.foreign = {name for name, info in index.infos.items() if info.is_float and info.elem_type != elem}
     explained_rank = len(explained_info.shape) if explained_info.shape is not None else None
@@ -304,9 +372,10 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         b.scope = f"lrp/_/{node.name}"
         try:
             emitted = plan.specs[node.name].fn(b, plan.views[node.name], rule, outs)
-        except OnnxLrpError as exc:
+        except OnnxLrpError as exc:  # a CompileBudgetError stays one, with the node named
+            kind = type(exc) if isinstance(exc, CompileError) else CompileError
             hint = f" [{static_size_hint(source)}]" if isinstance(exc, StaticSizeError) else ""
-            raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}{hint}") from None
+            raise kind(f"node {node.name!r} ({node.op_type}, rule {rule.name}): {exc}{hint}") from None
         except Exception as exc:  # an emitter bug must still name the node
             raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}) failed to compile: "
                                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
@@ -336,7 +405,10 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
             "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
             "rules": {name: rule.describe() for name, rule in plan.rules.items()},
             "graph": [[n.name, n.op_type, [i for i in n.input if i in plan.path],
-                       [o for o in n.output if o in plan.path]] for n in plan.nodes], "edges": {}}
+                       [o for o in n.output if o in plan.path]] for n in plan.nodes], "edges": {},
+            # the identity total = inputs + biases + stabilizer holds for every LRP graph; a mode that does not
+            # promise it (a gradient) sets this to False, and Explainer.explain then does not check it
+            CONSERVATION_KEY: True}
     outputs = []
     b.scope = "lrp/_"
     for name in index.graph_inputs:
@@ -390,6 +462,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     annotate_shapes(model)
     del model.metadata_props[:]
     model.metadata_props.extend(source.metadata_props)
+    meta[DIGEST_KEY] = graph_digest(model)  # the finished graph; Explainer recomputes it when it loads the file
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     try:
@@ -446,7 +519,9 @@ def _edge_sums(b, plan, meta, outputs, elem) -> None:
         meta["edges"][name] = {}
         for node_name, values in by_node.items():
             total = b.per_sample_sum(b.add_all(values, "R_edge"), "R_edge_sum")
-            out = b.op_named("Identity", [total], f"lrp/edge/{node_name}/{name}")
+            # node 'a/b' reading 'c' and node 'a' reading 'b/c' would both be 'lrp/edge/a/b/c': the metadata maps
+            # (tensor, node) to the output, so a second one gets a suffix
+            out = b.op_named("Identity", [total], b.unused(f"lrp/edge/{node_name}/{name}"))
             meta["edges"][name][node_name] = out
             outputs.append(helper.make_tensor_value_info(out, elem, [None]))
 
@@ -506,9 +581,70 @@ def _dims(shape) -> list:
     return [d if isinstance(d, int) and d > 0 else None for d in shape]
 
 
-def compiled_metadata(model: onnx.ModelProto) -> Optional[dict]:
-    """The metadata onnxlrp wrote into a compiled model, None for a model it did not compile."""
+def compiled_metadata(model: onnx.ModelProto, where: str = "the model") -> Optional[dict]:
+    """The metadata onnxlrp wrote into a compiled model (validated: ModelLoadError if broken), None for a model it
+    did not compile."""
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
-            return json.loads(prop.value)
+            return parse_metadata(prop.value, model, where)
     return None
+
+
+RESERVED_OUTPUTS = ("lrp/stabilizer", "lrp/total", "lrp/output")
+RESERVED_PREFIXES = ("lrp/relevance/", "lrp/bias/", "lrp/sum/", "lrp/stab/", "lrp/edge/", "lrp/node/",
+                     "lrp/gradient/")
+
+
+def check_reserved_names(model: onnx.ModelProto) -> None:
+    """Refuse a model that already uses a name of the compiled interface: the target input, a fixed output or an
+    output prefix (the compiled graph could not name its own values)."""
+    values = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    values |= {t.name for t in model.graph.initializer}
+    values |= {o for node in model.graph.node for o in node.output}
+    for name, what in ((TARGET_INPUT, "the target class"), (MASK_INPUT, "the target mask")):
+        if name in values:
+            raise OnnxLrpError(f"the model already has a value named {name!r}, the input onnxlrp adds for {what}: "
+                               f"rename it in the model")
+    clash = next((v for v in sorted(values) if v in RESERVED_OUTPUTS or v.startswith(RESERVED_PREFIXES)), None)
+    if clash is not None:
+        raise OnnxLrpError(f"the model already has a value named {clash!r}; names 'lrp/total', 'lrp/stabilizer', "
+                           f"'lrp/output' and those beginning 'lrp/relevance/', 'lrp/bias/', ... are onnxlrp's "
+                           f"outputs: rename it in the model")
+
+
+def check_compile_arguments(model, composite, params, output, init, node_relevance, max_constant_bytes):
+    """Validate compile()'s arguments (ArgumentTypeError / ArgumentError naming the argument); returns
+    node_relevance normalised (None, 'sums', 'all' or a list of tensor names)."""
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise ArgumentTypeError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    if not isinstance(composite, (str, os.PathLike, Composite)):
+        raise ArgumentTypeError(f"composite must be a composite name, a path to a .toml or a Composite, got "
+                                f"{type(composite).__name__}")
+    if params is not None and not isinstance(params, dict):
+        raise ArgumentTypeError(f"params must be a dict name -> value, got {type(params).__name__}")
+    if params is not None and not all(isinstance(k, str) for k in params):
+        raise ArgumentTypeError("params must have string keys (parameter names)")
+    if output is not None and not isinstance(output, str):
+        raise ArgumentTypeError(f"output must be an output name (str) or None, got {type(output).__name__}")
+    if not isinstance(init, str):
+        raise ArgumentTypeError(f"init must be 'logit' or 'one', got {type(init).__name__}")
+    if init not in ("logit", "one"):
+        raise ArgumentError(f"init must be 'logit' or 'one', got {init!r}")
+    if max_constant_bytes is not None:
+        if isinstance(max_constant_bytes, bool) or not isinstance(max_constant_bytes, (int, np.integer)):
+            raise ArgumentTypeError(f"max_constant_bytes must be an int (bytes) or None, got "
+                                    f"{type(max_constant_bytes).__name__}")
+        if max_constant_bytes <= 0:
+            raise ArgumentError(f"max_constant_bytes must be positive, got {max_constant_bytes}")
+    if node_relevance is None or node_relevance in ("sums", "all"):
+        return node_relevance
+    if isinstance(node_relevance, str):
+        raise ArgumentError(f"node_relevance must be 'sums', 'all', None or a list of tensor names, got "
+                            f"{node_relevance!r} (a single tensor: pass [{node_relevance!r}])")
+    if isinstance(node_relevance, (bytes, dict)) or not hasattr(node_relevance, "__iter__"):
+        raise ArgumentTypeError(f"node_relevance must be 'sums', 'all', None or a list of tensor names, got "
+                                f"{type(node_relevance).__name__}")
+    names = list(node_relevance)
+    if not all(isinstance(n, str) for n in names):
+        raise ArgumentTypeError("node_relevance must list tensor names (strings)")
+    return names

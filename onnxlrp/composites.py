@@ -22,6 +22,7 @@ GROUP_MEMBERS = {"linear": {"dense", "convolution", "batchnorm", "linear"}}
 SELECTORS = ("op", "group", "name", "name_regex", "position")
 ENTRY_KEYS = set(SELECTORS) | {"rule"}
 TOP_KEYS = {"description", "extends", "params", "match"}
+MAX_COMPOSITE_BYTES = 1024 * 1024  # a composite is a few KB of TOML; a larger file is refused before it is parsed
 
 
 @dataclass(frozen=True)
@@ -136,26 +137,37 @@ class Composite:
 
 
 def parse_value(value, key: Optional[str] = None):
-    """A parameter value: numbers stay numbers; strings like '0.5' or '[1,2,3]' are parsed. key names the parameter
-    in the error message."""
-    problem = (f"parameter {key}={value}: not a number or a list of numbers" if key else
-               f"parameter value {value!r} is not a number or a list of numbers")
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            if text.startswith("["):
-                return [float(v) for v in text.strip("[]").split(",") if v.strip()]
-            return float(text)
-        except ValueError:
-            raise CompositeError(problem) from None
-    if isinstance(value, (list, tuple)):
-        try:
-            return [float(v) for v in value]
-        except (TypeError, ValueError):
-            raise CompositeError(problem) from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A parameter value: numbers stay numbers; strings like '0.5' or '[1,2,3]' are parsed; a list must be a flat
+    list of numbers. key names the parameter in the error message (a huge value is shown cut short)."""
+    problem = (f"parameter {key}={_short(value)}: not a number or a list of numbers" if key else
+               f"parameter value {_short(value if not isinstance(value, str) else repr(value))} is not a number or "
+               f"a list of numbers")
+
+    def number(item) -> float:
+        if isinstance(item, str):
+            try:
+                return float(item.strip())
+            except ValueError:
+                pass
+        elif isinstance(item, (int, float)) and not isinstance(item, bool):
+            try:
+                return float(item)
+            except OverflowError:  # an int beyond float's range
+                pass
         raise CompositeError(problem)
-    return float(value)
+
+    if isinstance(value, str) and value.strip().startswith("["):
+        return [number(v) for v in value.strip().strip("[]").split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [number(v) for v in value]
+    return number(value)
+
+
+def _short(value) -> str:
+    """repr of a value (str() for strings given on the command line), cut to 80 characters: a 5,000-digit number
+    or a huge list stays one short line."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _text(value) -> str:
@@ -209,9 +221,18 @@ def _load(path: Path, seen: tuple) -> Composite:
     if path.resolve() in seen:
         raise CompositeError(f"{source}: 'extends' forms a cycle")
     try:
+        if path.stat().st_size > MAX_COMPOSITE_BYTES:
+            raise CompositeError(f"{source}: {path.stat().st_size} bytes is too large for a composite (at most "
+                                 f"{MAX_COMPOSITE_BYTES // 1024} KB)")
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise CompositeError(f"{source}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise CompositeError(f"{source}: not valid UTF-8 (byte {exc.start}); TOML files are UTF-8 text") from None
+    except RecursionError:
+        raise CompositeError(f"{source}: not valid TOML (arrays or tables nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        raise CompositeError(f"{source}: not valid TOML ({' '.join(str(exc).split(';')[0].split())[:120]})") from None
     except OSError as exc:
         raise CompositeError(f"cannot read composite {path}: {exc.strerror}") from None
     unknown = sorted(set(data) - TOP_KEYS)

@@ -5,8 +5,21 @@ from collections import Counter
 from typing import Iterable, Sequence
 
 
+def one_line(text: str) -> str:
+    """text with every control or other non-printable character escaped as Python writes it (a newline as \\n, a
+    NUL as \\x00, U+2028 as \\u2028): names taken from a file cannot break a message into several lines or forge
+    a line of their own. Printable characters, non-ASCII ones included, stay as they are."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 class OnnxLrpError(Exception):
-    """Base of every error onnxlrp raises on purpose; its message is one line that says what and where."""
+    """Base of every error onnxlrp raises on purpose; its message is one line that says what and where (control
+    characters of names echoed in it are escaped, see one_line)."""
+
+    def __init__(self, message: str = "", *args) -> None:
+        super().__init__(one_line(message) if isinstance(message, str) else message, *args)
 
 
 class ModelLoadError(OnnxLrpError):
@@ -33,8 +46,26 @@ class CompileError(OnnxLrpError):
     """An emitter failed on a node; the message names the node, its op type and its rule."""
 
 
+class CompileBudgetError(CompileError):
+    """A constant that an emitter would build is sized by a declared dimension beyond the compile budget
+    (max_constant_bytes= / --max-constant-mb); the message names the node, the declared shape and the limit."""
+
+
 class InputError(OnnxLrpError):
     """The data handed to explain() does not fit the model: names, shapes, dtypes, values or targets."""
+
+
+class ConservationError(OnnxLrpError):
+    """An explanation breaks total = inputs + biases + stabilizer beyond rounding: the compiled model is broken
+    (modified, or an onnxlrp bug); explain(check=False) / --no-check skips the check."""
+
+
+class ArgumentError(OnnxLrpError, ValueError):
+    """An argument of a public function has a valid type but a value it cannot take; the message names it."""
+
+
+class ArgumentTypeError(OnnxLrpError, TypeError):
+    """An argument of a public function has the wrong type; the message names it and the types it takes."""
 
 
 class NodeProblem:

@@ -37,6 +37,10 @@ from .errors import ModelLoadError, OnnxLrpError
 
 # a folded value may be this large (elements) when it grows the model (weights computed from weights do not grow it)
 OUTPUT_SIZE_LIMIT = 1 << 24
+# the check run (both models on one random input) may hold tensors up to this size; beyond, the model is not folded
+CHECK_MAX_BYTES = 256 * 2 ** 20
+# ops whose output size follows their inputs' values (a shape, a count), not their inputs' sizes
+SIZE_FROM_VALUES = ("ConstantOfShape", "Range", "Expand", "Tile", "Resize", "Upsample", "Pad", "OneHot")
 # folding rounds: a folded constant can make a shape static, whose Shape then folds in the next round
 MAX_ROUNDS = 8
 # the folded model must give the original's outputs to this relative tolerance (of each output's largest value)
@@ -50,10 +54,18 @@ class FoldingError(OnnxLrpError):
     """The folded model does not compute what the original computes (a bug of the folder: please report it)."""
 
 
-def fold_constants(model: onnx.ModelProto, *, check: bool = True) -> onnx.ModelProto:
+def fold_constants(model: onnx.ModelProto, *, check: bool = True,
+                   check_max_bytes: int = CHECK_MAX_BYTES) -> onnx.ModelProto:
     """Compute every value that depends only on initializers and static shapes; returns the model itself when
-    nothing folds, else a folded copy that was checked against the original on a random input."""
+    nothing folds, else a folded copy that was checked against the original on a random input.
+
+    Bounded by what the model declares, not by what it holds: a node whose folded output would be larger than
+    OUTPUT_SIZE_LIMIT and than its largest input (a ConstantOfShape of a dimension declared 10^9 long) is left to
+    run time, before it is computed; a model whose check run would hold a tensor beyond check_max_bytes (a random
+    input of a declared 10^9-long axis) is not folded at all."""
     if not _has_foldable_nodes(model):
+        return model
+    if check and _check_run_bytes(model) > check_max_bytes:
         return model
     try:
         folded = _fold(model)
@@ -104,8 +116,61 @@ def _fold(model: onnx.ModelProto) -> Optional[onnx.ModelProto]:
 
 
 def _should_fold(node) -> Optional[bool]:
-    """Fold every standard-domain op whose inputs are all constant, whatever their size; no other domain."""
-    return node.domain in ("", "ai.onnx")
+    """Fold every standard-domain op whose inputs are all constant, unless its output would be larger than
+    OUTPUT_SIZE_LIMIT and than its largest input (decided before it is computed); no other domain."""
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    largest_input = max((v.const_value.size for v in node.inputs if v is not None and v.const_value is not None),
+                        default=0)
+    size = _output_size(node)
+    return size is None or size <= max(OUTPUT_SIZE_LIMIT, largest_input)
+
+
+def _output_size(node) -> Optional[int]:
+    """Elements of a node's largest output: from its inferred shape where static, else for the ops whose size
+    follows their inputs' values (ConstantOfShape, Range, Expand, Tile) from those values; None if unknown."""
+    sizes = []
+    for out in node.outputs:
+        if out.shape is not None and all(isinstance(d, int) for d in out.shape):
+            sizes.append(int(np.prod([max(d, 0) for d in out.shape], dtype=np.float64)))
+    if sizes:
+        return max(sizes)
+    values = [None if v is None or v.const_value is None else np.asarray(v.const_value.numpy()) for v in node.inputs]
+    try:
+        if node.op_type == "ConstantOfShape" and values and values[0] is not None:
+            return int(np.prod(values[0].astype(np.float64)))
+        if node.op_type == "Range" and len(values) == 3 and all(v is not None for v in values):
+            start, limit, delta = (float(v.reshape(-1)[0]) for v in values)
+            return int(max(np.ceil((limit - start) / delta), 0)) if delta else None
+        if node.op_type in ("Expand", "Tile") and len(values) == 2 and all(v is not None for v in values):
+            if node.op_type == "Tile":
+                return int(values[0].size * np.prod(values[1].astype(np.float64)))
+            shape = np.broadcast_shapes(values[0].shape, tuple(int(d) for d in values[1].reshape(-1)))
+            return int(np.prod(shape, dtype=np.float64))
+    except (ValueError, OverflowError, TypeError):
+        return OUTPUT_SIZE_LIMIT + 1  # a shape that does not even broadcast: leave it to run time
+    return None if node.op_type not in SIZE_FROM_VALUES else OUTPUT_SIZE_LIMIT + 1
+
+
+def _check_run_bytes(model: onnx.ModelProto) -> int:
+    """The largest tensor (bytes) the check run would hold, from the inferred shapes (dynamic dims at the sizes
+    probe_inputs gives them): the random input of an axis declared 10^9 long is never allocated."""
+    from .graph import infer_shapes
+    inferred = infer_shapes(model)
+    largest = 0
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        if not vi.type.HasField("tensor_type"):
+            continue
+        tensor = vi.type.tensor_type
+        count = 1
+        for axis, d in enumerate(tensor.shape.dim):
+            count *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (2 if axis == 0 else 8)
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).itemsize
+        except (KeyError, ValueError, TypeError):
+            itemsize = 8
+        largest = max(largest, count * itemsize)
+    return largest
 
 
 @contextlib.contextmanager

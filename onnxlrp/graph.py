@@ -1,12 +1,12 @@
 """Loading ONNX models and a read-only index of their graph: producers, consumers, constants, shapes, order."""
 from __future__ import annotations
 
+import heapq
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-import networkx as nx
 import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
@@ -15,6 +15,7 @@ from .errors import ModelLoadError
 
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
+PROTOBUF_LIMIT = 2 ** 31 - 1  # bytes: the largest message protobuf parses (external data files do not count)
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
@@ -81,10 +82,41 @@ def subgraph_inputs(node: onnx.NodeProto) -> list:
     return list(dict.fromkeys(names))
 
 
+_GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
 def all_inputs(node: onnx.NodeProto) -> list:
     """A node's inputs followed by the outer-scope values its subgraphs read (its implicit inputs)."""
     explicit = list(node.input)
+    if not any(a.type in _GRAPH_ATTRIBUTES for a in node.attribute):  # the common case: no subgraph to search
+        return explicit
     return explicit + [n for n in subgraph_inputs(node) if n not in explicit]
+
+
+def topological_order(nodes, producer: dict) -> list:
+    """Positions of nodes in topological order, the smallest ready position first (the file's order wherever it is
+    already topological): Kahn's algorithm with a heap, O(E + V log V). Raises ModelLoadError on a cycle."""
+    position = {id(n): i for i, n in enumerate(nodes)}
+    successors: list = [[] for _ in nodes]
+    waiting = [0] * len(nodes)
+    for i, node in enumerate(nodes):
+        parents = {position[id(producer[name])] for name in all_inputs(node) if name in producer}
+        for parent in parents:
+            successors[parent].append(i)
+        waiting[i] = len(parents)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in successors[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        raise ModelLoadError("the graph has a cycle")
+    return order
 
 
 def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
@@ -105,6 +137,10 @@ def load_model(model: ModelLike, *, check: bool = True) -> onnx.ModelProto:
             raise ModelLoadError(f"model path is not a file: {path}")
         if path.stat().st_size == 0:
             raise ModelLoadError(f"model file is empty: {path}")
+        if path.stat().st_size > PROTOBUF_LIMIT:  # nothing is read: protobuf could not parse it anyway
+            raise ModelLoadError(f"{path} is {path.stat().st_size / 2 ** 30:.3g} GB, beyond protobuf's 2 GB limit "
+                                 f"for one message: an ONNX model that large keeps its weights in external data "
+                                 f"files (onnx.save_model(..., save_as_external_data=True)); refused unread")
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises DecodeError and friends
@@ -134,7 +170,9 @@ def inconsistency(model: ModelLike) -> str | None:
     except ModelLoadError as exc:
         return str(exc)
     try:
-        shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+        from .shapes import data_propagation_is_safe, weightless  # dims and types only, bounded propagation
+        shape_inference.infer_shapes(weightless(proto), check_type=True, strict_mode=True,
+                                     data_prop=data_propagation_is_safe(proto))
     except Exception as exc:
         return f"the model is inconsistent: {_first_line(exc)}"
     return None
@@ -189,10 +227,11 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run ONNX shape inference (data propagation on); fall back to the model unchanged if it fails.
     The result carries the inferred value infos; large weights are left out of it (see shapes.weightless)."""
     from .shape_values import complete_shapes
-    from .shapes import weightless
+    from .shapes import data_propagation_is_safe, weightless
+    data_prop = data_propagation_is_safe(model)  # ONNX's data propagation can materialise huge vectors
 
     def infer(light: onnx.ModelProto) -> onnx.ModelProto:
-        return shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=data_prop)
 
     try:
         light = weightless(model)
@@ -256,24 +295,14 @@ class GraphIndex:
                 index.infos[vi.name] = info
         for name, array in index.constants.items():
             index.infos[name] = TensorInfo(onnx.helper.np_dtype_to_tensor_dtype(array.dtype), tuple(array.shape))
-        dag = nx.DiGraph()
-        for i, node in enumerate(graph.node):
-            dag.add_node(i)
+        for node in graph.node:
             for out in node.output:
                 if out:
                     index.producer[out] = node
             for inp in all_inputs(node):
                 if inp:
                     index.consumers.setdefault(inp, []).append(node)
-        position = {id(n): i for i, n in enumerate(graph.node)}
-        for i, node in enumerate(graph.node):
-            for inp in all_inputs(node):
-                if inp in index.producer:
-                    dag.add_edge(position[id(index.producer[inp])], i)
-        try:
-            order = list(nx.lexicographical_topological_sort(dag))
-        except nx.NetworkXUnfeasible:
-            raise ModelLoadError("the graph has a cycle")
+        order = topological_order(graph.node, index.producer)
         index.order = [graph.node[i] for i in order]
         return index
 

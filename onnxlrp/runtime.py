@@ -14,10 +14,11 @@ import onnx
 
 from .compiled_options import refuse_other_options
 from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
-from .errors import InputError, ModelLoadError, OnnxLrpError
+from .errors import ArgumentError, ArgumentTypeError, InputError, ModelLoadError, OnnxLrpError
 from .graph import ModelLike, inconsistency, load_model
 from .session_tuning import release_freed_memory, tune_options
 from .targets import MASK_INPUT, build_mask
+from .trust import CONSERVATION_KEY, check_conservation, verify_digest
 
 _PROBE_LOCK = threading.Lock()
 _CUDA_WORKS: Optional[bool] = None
@@ -129,22 +130,34 @@ class Explainer:
     def __init__(self, model: Union[ModelLike, onnx.ModelProto], composite: Optional[str] = None, *,
                  params: Optional[dict] = None, output: Optional[str] = None, init: Optional[str] = None,
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
-                 session_options=None, shapes: Optional[Mapping[str, Sequence[int]]] = None) -> None:
+                 session_options=None, shapes: Optional[Mapping[str, Sequence[int]]] = None,
+                 max_constant_bytes: Optional[int] = None, threads: Optional[int] = None) -> None:
+        """session_options: an onnxruntime.SessionOptions used as given (thread pools, graph optimisation level,
+        profiling, ...); threads: onnxruntime's intra-op thread count (None: onnxruntime's default, one per core)."""
         import onnxruntime as ort
+        _check_explainer_arguments(model, providers)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise OnnxLrpError(f"threads must be a positive integer, got {threads!r}")
         proto = source = load_model(model)
-        meta = compiled_metadata(proto)
+        where = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+        meta = compiled_metadata(proto, where)
         if meta is None:
             proto = compile_model(proto, composite or "epsilon_plus", params=params, output=output,
-                                  init=init or "logit", node_relevance=node_relevance, shapes=shapes)
+                                  init=init or "logit", node_relevance=node_relevance, shapes=shapes,
+                                  max_constant_bytes=max_constant_bytes)
             meta = compiled_metadata(proto)
         else:  # a compiled model: an option that needs a new compilation is refused, not ignored
             refuse_other_options(meta, composite, params, output, init)
             if shapes:
                 raise OnnxLrpError("shapes= specialises a model while compiling it; this model is already compiled "
                                    "(compile the original with shapes=, or pass the compiled one without it)")
+            verify_digest(proto, meta, where)  # and a file edited after compilation is refused
         self.model = proto
         self.meta = meta
         options = session_options or ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
         options.log_severity_level = 4  # fatal only: a failing run raises (one error line), it need not log too
         tune_options(options, proto)
         # a compiled model given as a file: onnxruntime reads the file itself, and the proto is reloaded on demand
@@ -221,11 +234,18 @@ class Explainer:
         return feeds, batch
 
     def explain(self, inputs, target: Union[None, int, Sequence[int]] = None, *, target_mask=None, region=None,
-                channel=None, anchor=None) -> Explanation:
+                channel=None, anchor=None, check: bool = True) -> Explanation:
         """Explain a batch: target None (argmax), one int for every sample, or N ints; or, for a dense output, the
         sum of the output over a mask: target_mask (shaped like the explained output, or without its batch axis),
         region=(y0, y1, x0, x1) and/or channel=k of a map, anchor=(anchor, class) (or one pair per sample) of a
-        detection tensor (N, C, A) or (N, A, C) (see targets.py). The explained quantity is sum(M * output)."""
+        detection tensor (N, C, A) or (N, A, C) (see targets.py). The explained quantity is sum(M * output).
+        With check (the default) the identity total = inputs + biases + stabilizer is verified for every sample
+        (ConservationError if it fails beyond rounding; the model's metadata may say that it promises none)."""
+        if not isinstance(check, bool):
+            raise ArgumentTypeError(f"check must be True or False, got {type(check).__name__}")
+        classes = self._classes()
+        if classes == 0:
+            raise InputError(f"output {self.meta['output']!r} has no classes: nothing to explain")
         feeds, batch = self._feeds(inputs)
         masked = any(v is not None for v in (target_mask, region, channel, anchor))
         mask = None
@@ -241,11 +261,10 @@ class Explainer:
         try:
             values = dict(zip(self._output_names, self.session.run(None, feeds)))
         except Exception as exc:
+            self._check_rows(self._forward_logits(feeds), batch)  # the seed cannot pick a target per sample
             raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
         logits = values[self.meta["logits"]]
-        if logits.size == 0 or logits.size % batch or logits.shape[:1] != (batch,):
-            raise OnnxLrpError(f"output {self.meta['output']!r} has shape {logits.shape}, which is not one row per "
-                               f"sample of the batch of {batch}")
+        self._check_rows(logits, batch)
         flat = logits.reshape(batch, -1)
         _check_finite(values, self.meta, flat)
         if np.any(feeds[TARGET_INPUT] >= flat.shape[1]):
@@ -256,10 +275,12 @@ class Explainer:
             targets = np.full(batch, -1, dtype=np.int64)
             mask = np.broadcast_to(mask, logits.shape)
         meta = self.meta
+        relevance = {k: values[v] for k, v in meta["relevance"].items()}
+        bias = {k: values[v] for k, v in meta["bias"].items()}
+        if check and meta.get(CONSERVATION_KEY, True):
+            check_conservation(values[meta["total"]], relevance, bias, values[meta["stabilizer"]])
         return Explanation(
-            output=logits, target=targets, total=values[meta["total"]],
-            relevance={k: values[v] for k, v in meta["relevance"].items()},
-            bias={k: values[v] for k, v in meta["bias"].items()},
+            output=logits, target=targets, total=values[meta["total"]], relevance=relevance, bias=bias,
             stabilizer=values[meta["stabilizer"]],
             nodes={**{k: values[v] for k, v in meta["nodes"].items()}, **{k: values[v] for k, v in meta["sums"].items()}},
             node_stabilizer={k: values[v] for k, v in meta["node_stabilizer"].items()},
@@ -314,6 +335,31 @@ class Explainer:
                 raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
         return self._shapes[key]
 
+    def _forward_logits(self, feeds: dict) -> Optional[np.ndarray]:
+        """The explained logits alone, from a session of the nodes they need (built on this failure path only;
+        onnxruntime runs every node of a session whatever the outputs asked for), None if they fail too."""
+        import onnxruntime as ort
+        try:
+            forward = _pruned(self.model, self.meta["logits"])
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            with _quiet_stderr():
+                session = ort.InferenceSession(forward.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+            wanted = {i.name for i in session.get_inputs()}
+            return session.run(None, {k: v for k, v in feeds.items() if k in wanted})[0]
+        except Exception:
+            return None
+
+    def _check_rows(self, logits: Optional[np.ndarray], batch: int) -> None:
+        """Refuse logits that are not one row per sample: the explained output is not batch-first (a layout the
+        declared shapes could not reveal at compile time)."""
+        if logits is None:
+            return
+        if logits.size == 0 or logits.size % batch or logits.shape[:1] != (batch,):
+            raise OnnxLrpError(f"output {self.meta['output']!r} has shape {logits.shape}, which is not one row per "
+                               f"sample of the batch of {batch}")
+
     def _targets(self, target, batch: int) -> np.ndarray:
         """Targets as (N,) int64; -1 means argmax (computed in the graph)."""
         if target is None:
@@ -349,6 +395,53 @@ class Explainer:
             if out.name == self.meta["logits"] and out.shape and all(isinstance(d, int) for d in out.shape[1:]):
                 return int(np.prod(out.shape[1:]))
         return self._static_classes
+
+
+def _pruned(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """The part of a model that computes one output: its producing nodes, their initializers and inputs."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, stack, names = [], [output], set()
+    while stack:
+        name = stack.pop()
+        if name in names:
+            continue
+        names.add(name)
+        node = producer.get(name)
+        if node is not None:
+            needed.append(node)
+            stack.extend(i for i in node.input if i)
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    needed = sorted({id(n): n for n in needed}.values(), key=lambda n: order[id(n)])
+    out = onnx.ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    graph = out.graph
+    graph.node.extend(needed)
+    graph.input.extend(i for i in model.graph.input if i.name in names)
+    graph.initializer.extend(t for t in model.graph.initializer if t.name in names)
+    graph.output.extend(o for o in model.graph.output if o.name == output)
+    return out
+
+
+def _check_explainer_arguments(model, providers) -> None:
+    """Explainer's own arguments (compile() checks the ones it passes on): ArgumentTypeError naming the argument."""
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise ArgumentTypeError(f"model must be a path or an onnx.ModelProto, got {type(model).__name__}")
+    if providers is None:
+        return
+    if isinstance(providers, str) or not isinstance(providers, Sequence):
+        raise ArgumentTypeError(f"providers must be a list of onnxruntime provider names, got "
+                                f"{type(providers).__name__} (one provider: [{providers!r}])")
+    names = [p if isinstance(p, str) else p[0] if (isinstance(p, (tuple, list)) and len(p) == 2 and
+                                                    isinstance(p[0], str) and isinstance(p[1], dict)) else None
+             for p in providers]
+    if None in names:
+        raise ArgumentTypeError("providers must list provider names (strings) or (name, options dict) pairs")
+    import onnxruntime as ort
+    unknown = [p for p in names if p not in ort.get_all_providers()]
+    if unknown:
+        raise ArgumentError(f"providers: unknown onnxruntime provider {unknown[0]!r} (known: "
+                            f"{', '.join(ort.get_all_providers()[:6])}, ...)")
 
 
 def _static_classes(model: onnx.ModelProto, name: str) -> Optional[int]:

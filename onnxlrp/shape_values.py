@@ -76,8 +76,8 @@ class ShapeValues:
     def _unknown(self, name: str) -> Dims:
         """Every entry unknown, but the length where the inferred shape gives it."""
         shape = self.shapes.get(name)
-        if shape is None or len(shape) > 1 or any(d is None for d in shape):
-            return None
+        if shape is None or len(shape) > 1 or any(d is None for d in shape) or (shape and shape[0] > 64):
+            return None  # longer than any shape vector: a declared 10^9-long index list is not spelled out
         return [None] * (shape[0] if shape else 1)
 
     def _slice(self, node, attrs: dict, depth: int) -> Dims:

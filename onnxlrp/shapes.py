@@ -2,6 +2,8 @@
 shape annotations of the compiled graph, so that onnxruntime's optimiser sees a graph it can lay out well."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import shape_inference
@@ -24,13 +26,45 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.output.extend(model.graph.output)
     graph.value_info.extend(model.graph.value_info)
     for tensor in model.graph.initializer:
-        if tensor.data_type in FLOAT_STUBS and int(np.prod(tensor.dims)) >= STUB_MIN_ELEMENTS:
+        if tensor.data_type in FLOAT_STUBS and math.prod(tensor.dims) >= STUB_MIN_ELEMENTS:
             stub = graph.initializer.add()
             stub.name, stub.data_type = tensor.name, tensor.data_type
             stub.dims.extend(tensor.dims)
         else:
             graph.initializer.append(tensor)
     return light
+
+
+# ONNX's data propagation computes the values of generator ops (ConstantOfShape, Expand, Range, Tile) from shape
+# values, ~70 bytes per element whatever their size: a ConstantOfShape of a dimension declared 10^9 long took 70 GB
+# inside shape inference. Shape values are short in any real model; beyond this many elements, no data propagation.
+DATA_PROPAGATION_MAX = 1 << 22
+GENERATOR_OPS = ("ConstantOfShape", "Expand", "Range", "Tile", "OneHot")
+
+
+def data_propagation_is_safe(model: onnx.ModelProto) -> bool:
+    """False when ONNX's data propagation could materialise a huge vector: the graph holds a generator op and some
+    declared tensor has more than DATA_PROPAGATION_MAX elements, or an integer initializer is that long or holds a
+    value that large (shape inference then runs without data propagation)."""
+    graph = model.graph
+    if not any(n.op_type in GENERATOR_OPS for n in graph.node):
+        return True
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        if math.prod(dims) > DATA_PROPAGATION_MAX:
+            return False
+    for tensor in graph.initializer:
+        if tensor.data_type in FLOAT_STUBS:
+            continue
+        if math.prod(tensor.dims) > DATA_PROPAGATION_MAX:
+            return False
+        try:
+            values = onnx.numpy_helper.to_array(tensor)
+        except Exception:
+            return False
+        if values.size and values.dtype.kind in "iu" and np.abs(values.astype(np.float64)).max() > DATA_PROPAGATION_MAX:
+            return False
+    return True
 
 
 def annotate_shapes(model: onnx.ModelProto) -> None:
@@ -43,7 +77,7 @@ def annotate_shapes(model: onnx.ModelProto) -> None:
     runs on weightless(model) (fast, no large copy). Any failure leaves the model as is."""
     try:
         inferred = shape_inference.infer_shapes(weightless(model), check_type=False, strict_mode=False,
-                                                data_prop=True)
+                                                data_prop=data_propagation_is_safe(model))
     except Exception:
         return
     known = {v.name for v in model.graph.value_info} | {v.name for v in model.graph.input}
@@ -68,7 +102,7 @@ def _copy_fields(src, dst, skip: str) -> None:
 
 def _size_problem(tensor: onnx.TensorProto) -> str | None:
     """What the ONNX checker would say of a large dense tensor's data size, None if it is consistent."""
-    count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+    count = math.prod(tensor.dims)
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     if tensor.HasField("raw_data"):
         if len(tensor.raw_data) != count * itemsize:
@@ -91,7 +125,7 @@ def check_model(model: onnx.ModelProto) -> None:
     _copy_fields(model.graph, light.graph, skip="initializer")
     for tensor in model.graph.initializer:
         if (tensor.data_type in FLOAT_STUBS and tensor.data_location != onnx.TensorProto.EXTERNAL
-                and int(np.prod(tensor.dims)) >= STUB_MIN_ELEMENTS):
+                and math.prod(tensor.dims) >= STUB_MIN_ELEMENTS):
             problem = _size_problem(tensor)
             if problem is not None:
                 raise onnx.checker.ValidationError(problem)

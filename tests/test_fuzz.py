@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -18,6 +20,8 @@ from onnxlrp.compiler import TARGET_INPUT, compile as compile_model
 from onnxlrp.composites import builtin_names
 from onnxlrp.errors import OnnxLrpError
 from onnxlrp.runtime import Explainer
+from hostile_models import GRADIENT_EXACT, random_shape_chain, renamed
+from ops_harness import linearise
 from random_graphs import random_models
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -26,6 +30,9 @@ STRUCTURE_EXAMPLES = 300
 BYTE_CASES = 2600
 TRUNCATIONS = 400
 CASE_SECONDS = 20
+SHAPE_CHAIN_EXAMPLES = 40
+NAME_EXAMPLES = 30
+COMPILE_ADDRESS_SPACE = 2 << 30  # what a compile may add to the process's address space in the bomb fuzzer
 
 
 def conservation_gap(exp) -> np.ndarray:
@@ -202,3 +209,72 @@ def test_mutated_and_truncated_model_files_end_in_an_explanation_or_an_onnxlrp_e
     assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures[:20])
     assert sum(counts.values()) == len(cases)
     assert counts.get("explained", 0) > 0 and counts.get("ModelLoadError", 0) > 0  # both outcomes are exercised
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# declared-shape bombs and hostile names
+@contextlib.contextmanager
+def address_space_limit(extra: int):
+    """RLIMIT_AS (soft) = the process's current address space + extra bytes, restored afterwards: an allocation
+    sized by a declared dimension fails with MemoryError instead of taking the machine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as statm:
+        size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = size + extra if hard == resource.RLIM_INFINITY else min(size + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@settings(max_examples=SHAPE_CHAIN_EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 32 - 1), huge=st.booleans())
+def test_shape_op_chains_on_huge_axes_compile_small_and_on_small_axes_move_relevance_exactly(seed, huge):
+    """Random Slice/Gather/Pad/Transpose/ReduceMax/Resize/pool chains. Axes declared 10^9 or 10^12 long: the
+    compile ends (in time, within COMPILE_ADDRESS_SPACE) in a small model or one onnxlrp error line. Axes 2..6
+    long: it compiles, explains with the identity checked, and linear chains move relevance exactly like the
+    gradient (the row of the Jacobian onnxruntime evaluates on basis vectors)."""
+    model, shape, ops = random_shape_chain(seed, huge)
+    try:
+        with time_limit(CASE_SECONDS), address_space_limit(COMPILE_ADDRESS_SPACE):
+            compiled = compile_model(model, init="one")
+    except OnnxLrpError as exc:
+        assert huge and "\n" not in str(exc), (ops, str(exc))
+        return
+    assert compiled.ByteSize() < 4 << 20, (ops, compiled.ByteSize())  # nothing sized by the declared axes
+    if huge:
+        return
+    explainer = Explainer(compiled, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(seed % 1000).normal(size=(2,) + shape).astype(np.float32)
+    classes = explainer.explain(x).output.shape[1]
+    exp = explainer.explain(x, seed % classes)  # the identity is checked inside
+    if set(ops) <= GRADIENT_EXACT - {"ReduceMax", "MaxPool"}:
+        J, _ = linearise(model, "x", (1,) + shape)
+        want = np.broadcast_to(J[seed % classes].reshape(shape), x.shape)
+        np.testing.assert_allclose(exp.relevance["x"], want, rtol=1e-6, atol=1e-6, err_msg=str(ops))
+
+
+@settings(max_examples=NAME_EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=random_models(max_layers=4), seed=st.integers(0, 2 ** 16), reserved=st.booleans())
+def test_hostile_names_change_nothing_or_end_in_one_line(case, seed, reserved):
+    """Random graphs with their values and nodes renamed to names that collide with onnxlrp's own (lrp/_/...,
+    paths with '/', control characters, duplicates, empty node names): the relevance is the same as under the
+    original names; a value named like one of onnxlrp's outputs or its target input is refused in one line."""
+    model, shape = case
+    hostile, took_reserved = renamed(model, np.random.default_rng(seed), reserved and seed % 2 == 0)
+    onnx.checker.check_model(hostile, full_check=True)
+    x = batch_for(shape, seed)[:3]  # two random rows and zeros: finite forward passes
+    try:
+        compiled = compile_model(hostile, node_relevance="sums")
+    except OnnxLrpError as exc:
+        assert took_reserved and "\n" not in str(exc) and "already has a value named" in str(exc), str(exc)
+        return
+    assert not took_reserved
+    onnx.checker.check_model(compiled, full_check=True)
+    got = Explainer(compiled, providers=["CPUExecutionProvider"]).explain(x)
+    want = Explainer(model, providers=["CPUExecutionProvider"]).explain(x)
+    np.testing.assert_allclose(got.relevance["x"], want.relevance["x"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.total, want.total, rtol=1e-6)

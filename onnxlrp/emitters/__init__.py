@@ -7,7 +7,7 @@ share (N,) it took, if any. Summing over several consumers is the compiler's bus
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -27,6 +27,8 @@ class NodeView:
     index: GraphIndex
     relevant: frozenset  # names of the node's inputs that carry relevance
     nonnegative: frozenset = frozenset()  # names of values known to be >= 0 (after Relu, ...)
+    _inputs: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+    _outputs: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def op_type(self) -> str:
@@ -40,13 +42,18 @@ class NodeView:
 
     @property
     def inputs(self) -> list:
-        """Input value names ('' for an omitted optional input)."""
-        return list(self.node.input)
+        """Input value names ('' for an omitted optional input); a fresh list each time (callers may change it),
+        copied from a tuple read once (emitters ask for it often)."""
+        if self._inputs is None:
+            self._inputs = tuple(self.node.input)
+        return list(self._inputs)
 
     @property
     def outputs(self) -> list:
-        """Output value names."""
-        return list(self.node.output)
+        """Output value names (a fresh list each time)."""
+        if self._outputs is None:
+            self._outputs = tuple(self.node.output)
+        return list(self._outputs)
 
     def attr(self, name: str, default=None):
         """An attribute's value (ints, floats, strings decoded), or default."""
@@ -101,21 +108,30 @@ class EmitterSpec:
     rules: object  # tuple of rule classes, or a function NodeView -> tuple
     check: Optional[Callable[[NodeView], Optional[str]]] = None  # returns a reason when the node is unsupported
     silent: Optional[Callable[[NodeView], set]] = None  # inputs that never receive relevance (a gate's branch)
+    domain: str = ""  # the op's domain ('' is ONNX's default domain, 'ai.onnx.ml' the classical-ML one)
 
 
-REGISTRY: dict = {}
+REGISTRY: dict = {}  # (domain, op type) -> EmitterSpec
 
 
-def register(op_types, *, group, rules, check=None, silent=None):
-    """Decorator: register fn as the emitter of each op type; group is a name or a function of the NodeView."""
+def canonical_domain(domain: str) -> str:
+    """'' for ONNX's default domain however it is spelt ('' or 'ai.onnx'), the domain itself otherwise."""
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+def register(op_types, *, group, rules, check=None, silent=None, domain: str = ""):
+    """Decorator: register fn as the emitter of each op type of `domain` (default: ONNX's); group is a name or a
+    function of the NodeView."""
     group_fn = group if callable(group) else (lambda view, _g=group: _g)
     names = [op_types] if isinstance(op_types, str) else list(op_types)
+    domain = canonical_domain(domain)
 
     def wrap(fn: EmitFn) -> EmitFn:
         for op in names:
-            if op in REGISTRY:
-                raise RuntimeError(f"emitter for {op} registered twice")
-            REGISTRY[op] = EmitterSpec(op, fn, group_fn, rules if callable(rules) else tuple(rules), check, silent)
+            if (domain, op) in REGISTRY:
+                raise RuntimeError(f"emitter for {domain + '.' if domain else ''}{op} registered twice")
+            REGISTRY[(domain, op)] = EmitterSpec(op, fn, group_fn, rules if callable(rules) else tuple(rules), check,
+                                                 silent, domain)
         return fn
 
     return wrap
@@ -126,10 +142,10 @@ def accepted_rules(spec: EmitterSpec, view: NodeView) -> tuple:
     return spec.rules(view) if callable(spec.rules) else spec.rules
 
 
-def lookup(op_type: str) -> Optional[EmitterSpec]:
-    """The emitter registered for an op type, None if there is none."""
+def lookup(op_type: str, domain: str = "") -> Optional[EmitterSpec]:
+    """The emitter registered for an op type of a domain, None if there is none."""
     _load_families()
-    return REGISTRY.get(op_type)
+    return REGISTRY.get((canonical_domain(domain), op_type))
 
 
 _LOADED = False
@@ -141,4 +157,4 @@ def _load_families() -> None:
     if _LOADED is True:
         return
     _LOADED = True
-    from . import arithmetic, elementwise, linear, pooling, shape  # noqa: F401
+    from . import arithmetic, elementwise, linear, ml, pooling, shape  # noqa: F401

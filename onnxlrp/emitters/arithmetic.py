@@ -359,10 +359,11 @@ def emit_mul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     signal, _ = split
     rel = [None, None]
     name = view.inputs[signal]
-    if view.is_relevant(name):
-        x_shape, out_shape = view.shape(name), view.shape(view.outputs[0])
-        broadcast = x_shape is not None and out_shape is not None and tuple(x_shape) != tuple(out_shape)
-        rel[signal] = unbroadcast(b, R[0], name, x_shape, len(out_shape)) if broadcast else R[0]
+    if not view.is_relevant(name):  # a signal computed without the inputs (a recurrent layer's bias copy): absorbed
+        return Emitted(rel, b.op("Reshape", [R[0], b.ints([0, -1])], "R_absorbed"))
+    x_shape, out_shape = view.shape(name), view.shape(view.outputs[0])
+    broadcast = x_shape is not None and out_shape is not None and tuple(x_shape) != tuple(out_shape)
+    rel[signal] = unbroadcast(b, R[0], name, x_shape, len(out_shape)) if broadcast else R[0]
     return Emitted(rel)
 
 

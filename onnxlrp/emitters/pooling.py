@@ -97,17 +97,43 @@ def _back_attrs(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilat
     return attrs
 
 
-def window_counts(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilations,
-                  include_pad: bool) -> np.ndarray:
-    """Each window's divisor: its positions inside the input, or (include_pad) inside the padded input."""
-    counts = np.ones(out_spatial)
+def axis_window_counts(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilations,
+                       include_pad: bool) -> list:
+    """Per spatial axis, each window's count of positions inside the input (or, include_pad, inside the padded
+    input); a window's divisor is the product of its axes' counts.
+
+    Window o covers o * stride - pad + k * dilation for k in [0, kernel); those in [low, high) are the k from
+    ceil((low - start) / dilation) to floor((high - 1 - start) / dilation), clipped to the kernel: O(out) per axis
+    whatever the kernel's size."""
+    counts = []
     nd = len(spatial)
     for i, n in enumerate(spatial):
         low, high = (-pads[i], n + pads[i + nd]) if include_pad else (0, n)
-        c = np.array([sum(1 for k in range(kernel[i]) if low <= o * strides[i] - pads[i] + k * dilations[i] < high)
-                      for o in range(out_spatial[i])], dtype=np.float64)
+        start = np.arange(out_spatial[i], dtype=np.int64) * strides[i] - pads[i]
+        first = np.maximum(-((start - low) // dilations[i]), 0)  # ceil((low - start) / d) = -floor((start - low) / d)
+        last = np.minimum((high - 1 - start) // dilations[i], kernel[i] - 1)
+        counts.append(np.maximum(last - first + 1, 0).astype(np.float64))
+    return counts
+
+
+def window_counts(spatial: tuple, out_spatial: tuple, kernel, strides, pads, dilations,
+                  include_pad: bool) -> np.ndarray:
+    """Each window's divisor (out_spatial-shaped): the outer product of axis_window_counts."""
+    counts = np.ones(out_spatial)
+    nd = len(spatial)
+    for i, c in enumerate(axis_window_counts(spatial, out_spatial, kernel, strides, pads, dilations, include_pad)):
         counts = counts * c.reshape((1,) * i + (-1,) + (1,) * (nd - i - 1))
     return counts
+
+
+def _check_pool_budget(b: GraphBuilder, view: NodeView, count: int, what: str) -> None:
+    """The compile budget for a pool's constant of `count` working-dtype values (the node's declared shape named)."""
+    from ..builder import shape_text
+    x = view.inputs[0]
+    info = view.info(x)
+    declared = shape_text(info.shape if info else None, info and info.symbols)
+    b.check_budget(count, b.dtype.itemsize, f"{what} (input {x!r} declared {declared}, kernel "
+                                            f"{list(view.attr('kernel_shape', []))})")
 
 
 def fit_pooled(b: GraphBuilder, view: NodeView, value: str, out_spatial: tuple) -> str:
@@ -144,13 +170,22 @@ def average_pool_transpose(b: GraphBuilder, view: NodeView, s: str) -> str:
     if not known(spatial):
         return _average_pool_transpose_dynamic(b, view, s)
     kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
-    count = window_counts(spatial, out_spatial, kernel, strides, pads, dilations,
-                          bool(view.attr("count_include_pad", 0)))
-    s = fit_pooled(b, view, s, out_spatial)
-    if np.all(count == count.flat[0]):
-        scaled = b.op("Mul", [s, b.const(1.0 / count.flat[0])], "s_per_count")
-    else:
-        scaled = b.op("Div", [s, b.const(count.reshape((1, 1) + out_spatial))], "s_per_count")
+    _check_pool_budget(b, view, int(sum(out_spatial)), "the window counts")
+    _check_pool_budget(b, view, channels * int(np.prod(kernel, dtype=np.float64)), "the kernel of ones")
+    counts = axis_window_counts(spatial, out_spatial, kernel, strides, pads, dilations,
+                                bool(view.attr("count_include_pad", 0)))
+    scaled = s = fit_pooled(b, view, s, out_spatial)
+    # s / count with count the product of per-axis counts: one factor per axis whose counts vary (constants of
+    # out_i entries, not prod(out)), the axes with equal counts folded into one scalar
+    uniform, nd = 1.0, len(out_spatial)
+    for i, c in enumerate(counts):
+        if np.all(c == c[0]):
+            uniform *= c[0]
+            continue
+        factor = (1.0 / c).reshape((1, 1) + (1,) * i + (-1,) + (1,) * (nd - i - 1))
+        scaled = b.op("Mul", [scaled, b.const(factor, hint="per_count")], "s_per_count")
+    if uniform != 1.0 or scaled == s:
+        scaled = b.op("Mul", [scaled, b.const(1.0 / uniform)], "s_per_count")
     attrs = _back_attrs(spatial, out_spatial, kernel, strides, pads, dilations)
     ones_kernel = b.const(np.ones((channels, 1) + tuple(kernel)), hint="ones_kernel")
     return b.op("ConvTranspose", [scaled, ones_kernel], "JTs", group=channels, **attrs)
@@ -255,6 +290,7 @@ def _max_pool_one_hot(b: GraphBuilder, view: NodeView, indices: str, R: str) -> 
     nd = len(spatial)
     kernel, strides, pads, dilations, out_spatial = pool_geometry(view, spatial)
     K = int(np.prod(kernel))
+    _check_pool_budget(b, view, channels * K * K, "the one-hot kernels of the winners' offsets")
     position = b.op("Mod", [indices, b.const(int(np.prod(spatial)), dtype=np.int64)], "pos")
     offset = None
     for i in range(nd):
@@ -347,11 +383,11 @@ def wta_reduce(b: GraphBuilder, x: str, R_keep: str, axes: list, shape: tuple) -
     K = int(np.prod(sizes)) if known(sizes) else -1
     flat = b.op("Reshape", [xt, b.ints([0] * len(kept) + [K])], "x_flat")
     arg = b.op("ArgMax", [flat], "argmax", axis=len(kept), keepdims=1)
-    if K > 0:
-        positions = b.const(np.arange(K), dtype=np.int64)
+    if K > 0:  # 0 .. K-1 by a Range all the same: no constant of K entries (K may be a declared 10^9)
+        count = b.const(K, dtype=np.int64)
     else:  # 0 .. K-1 with K from the run-time shape
         count = b.reduce("ReduceSum", dims(b, flat, len(kept), len(kept) + 1, "reduced"), None, keepdims=False)
-        positions = b.op("Range", [b.const(0, dtype=np.int64), count, b.const(1, dtype=np.int64)], "positions")
+    positions = b.op("Range", [b.const(0, dtype=np.int64), count, b.const(1, dtype=np.int64)], "positions")
     winner = b.op("Equal", [arg, positions], "is_winner")
     R_flat = b.op("Reshape", [Rt, b.ints([0] * len(kept) + [1])], "R_flat")
     placed = b.op("Where", [winner, R_flat, b.const(0.0)], "R_placed")

@@ -63,12 +63,14 @@ def axis_matmul(b: GraphBuilder, R: str, axis: int, rank: int, A: np.ndarray) ->
     return b.op("Transpose", [back], "R_axis_T", perm=[int(i) for i in np.argsort(perm)])
 
 
-def move_back(b: GraphBuilder, R: str, axis: int, rank: int, index: np.ndarray, in_len: int) -> str:
+def move_back(b: GraphBuilder, R: str, axis: int, rank: int, index: np.ndarray, in_len: int,
+              where: str = "") -> str:
     """R_x[i] = sum of R[j] over the outputs j with index[j] == i (index[j] = -1: output j holds no input).
 
     A contiguous run of outputs reading a contiguous run of inputs is a Slice and a Pad; another injective map a
     Gather from R with one zero slot appended; a map that copies inputs (index repeats) a one-hot MatMul that sums
-    the copies."""
+    the copies. The last two build constants sized by in_len, checked against the compile budget first (`where`
+    names the axis and its declared shape)."""
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     valid = np.flatnonzero(index >= 0)
     used = index[valid]
@@ -82,15 +84,83 @@ def move_back(b: GraphBuilder, R: str, axis: int, rank: int, index: np.ndarray, 
         pads[axis], pads[axis + rank] = int(used[0]), int(in_len - used[0] - used.size)
         return b.op("Pad", [R, b.ints(pads, "pads")], "R_unslice")
     if np.unique(used).size == used.size:
+        b.check_budget(in_len, 8, f"the inverse index map of {where or f'axis {axis}'}")
         pads = [0] * (2 * rank)
         pads[axis + rank] = 1
         slot = b.op("Pad", [R, b.ints(pads, "pads")], "R_slot")
         inverse = np.full(in_len, index.size, dtype=np.int64)
         inverse[used] = np.flatnonzero(index >= 0)
         return b.op("Gather", [slot, b.const(inverse, dtype=np.int64, hint="inverse")], "R_back", axis=axis)
+    b.check_budget(index.size * in_len, 8, f"the one-hot copy matrix ({index.size} x {in_len}) of "
+                                           f"{where or f'axis {axis}'}")
     A = np.zeros((index.size, in_len))
     A[np.flatnonzero(index >= 0), used] = 1.0
     return axis_matmul(b, R, axis, rank, A)
+
+
+def along(view: NodeView, name: str, axis: int) -> str:
+    """'axis k of 'x' (declared shape (?, 3, 1000000000))' for budget messages."""
+    from ..builder import shape_text
+    info = view.info(name)
+    return f"axis {axis} of {name!r} (declared shape {shape_text(info.shape if info else None, info and info.symbols)})"
+
+
+def _merged_shape(b: GraphBuilder, R: str, axis: int, rank: int) -> str:
+    """R's run-time shape with `axis` replaced by -1 (the target of a Reshape that merges axis and axis + 1)."""
+    shape = b.op("Shape", [R], "R_shape")
+    parts = []
+    if axis > 0:
+        parts.append(b.op("Slice", [shape, b.ints([0]), b.ints([axis])], "dims_before"))
+    parts.append(b.ints([-1], "minus_one"))
+    if axis < rank - 1:
+        parts.append(b.op("Slice", [shape, b.ints([axis + 1]), b.ints([rank])], "dims_after"))
+    return parts[0] if len(parts) == 1 else b.op("Concat", parts, "merged_shape", axis=0)
+
+
+def reverse(b: GraphBuilder, R: str, axis: int) -> str:
+    """R reversed along one axis (a Slice with step -1)."""
+    return b.op("Slice", [R, b.ints([-1]), b.ints([-(2 ** 63)]), b.ints([axis]), b.ints([-1])], "R_reversed")
+
+
+def spread_back(b: GraphBuilder, R: str, axis: int, rank: int, start: int, step: int, count: int, dim: int) -> str:
+    """R_x for an output axis whose count positions read the inputs start, start + step, ... (step >= 1) of an
+    axis of length dim: R interleaved with step - 1 zeros (Unsqueeze, Pad, Reshape), then padded to dim.
+
+    Every constant is a handful of integers, whatever dim is (an axis declared 10^9 long costs nothing)."""
+    back, length = R, count
+    if step > 1:
+        pads = [0] * (2 * (rank + 1))
+        pads[axis + 1 + rank + 1] = step - 1
+        spread = b.op("Pad", [b.unsqueeze(R, [axis + 1], "R_u"), b.ints(pads, "pads")], "R_spread")
+        back = b.op("Reshape", [spread, _merged_shape(b, R, axis, rank)], "R_interleaved")
+        length = count * step
+    if length > dim - start:  # the zeros after the last position run past the axis' end
+        back = b.op("Slice", [back, b.ints([0]), b.ints([dim - start]), b.ints([axis])], "R_cut")
+        length = dim - start
+    if start == 0 and length == dim:
+        return back
+    pads = [0] * (2 * rank)
+    pads[axis], pads[axis + rank] = start, dim - start - length
+    return b.op("Pad", [back, b.ints(pads, "pads")], "R_unslice")
+
+
+def scatter_back(b: GraphBuilder, R: str, x: str, axis: int, rank: int, index: np.ndarray, where: str) -> str:
+    """R_x[.., i, ..] = sum of R[.., j, ..] over the j with index[j] == i: ScatterElements into zeros shaped like x,
+    adding up repeated indices (reduction 'add' from opset 16; below, the copies are first summed by a one-hot
+    MatMul over the distinct indices). The constants are sized by the index list, never by x's axis."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    distinct = np.unique(index)
+    repeated = distinct.size < index.size
+    if repeated and b.opset < 16:
+        b.check_budget(index.size * distinct.size, 8, f"the one-hot sum of repeated indices "
+                                                      f"({index.size} x {distinct.size}) along {where}")
+        R = axis_matmul(b, R, axis, rank, (index[:, None] == distinct[None, :]).astype(np.float64))
+        index, repeated = distinct, False
+    positions = b.const(index.reshape((1,) * axis + (index.size,) + (1,) * (rank - axis - 1)), dtype=np.int64,
+                        hint="indices")
+    full = b.op("Expand", [positions, b.op("Shape", [R], "R_shape")], "indices_full")
+    attrs = {"reduction": "add"} if repeated else {}
+    return b.op("ScatterElements", [b.zeros_like(x, "R_x0"), full, R], "R_back", axis=axis, **attrs)
 
 
 def unbroadcast(b: GraphBuilder, R: str, x: str, x_shape: tuple, out_rank: int) -> str:
@@ -182,8 +252,14 @@ def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
                                       f"{step} moves relevance back along it)")
             back = _unslice_dynamic(b, back, x, axis, rank, int(start), int(end))
             continue
-        index = np.arange(dim)[slice(int(start), int(end), int(step))]
-        back = move_back(b, back, axis, rank, index, dim)
+        first, stop, stride = slice(int(start), int(end), int(step)).indices(dim)  # Slice clamps as Python does
+        count = len(range(first, stop, stride))
+        if count == 0:  # an empty slice: its (zero) relevance spread over the axis
+            back = move_back(b, back, axis, rank, np.zeros(0, dtype=np.int64), dim, along(view, x, axis))
+            continue
+        if stride < 0:  # the same positions in increasing order
+            back, first, stride = reverse(b, back, axis), first + (count - 1) * stride, -stride
+        back = spread_back(b, back, axis, rank, first, stride, count, dim)
     return Emitted([back] + [None] * (len(view.inputs) - 1))
 
 
@@ -245,7 +321,9 @@ def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
                         "R_tail")
             target = b.op("Concat", [b.ints([0] * axis + [flat.size]), tail], "R_target", axis=0)
         R_flat = b.op("Reshape", [R[0], target], "R_flat")
-    return Emitted([move_back(b, R_flat, axis, rank, flat, shape[axis]), None])
+    if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):  # a contiguous run: Pad back
+        return Emitted([spread_back(b, R_flat, axis, rank, int(flat[0]), 1, flat.size, shape[axis]), None])
+    return Emitted([scatter_back(b, R_flat, x, axis, rank, flat, along(view, x, axis)), None])
 
 
 def _pad_amounts(view: NodeView, rank: int) -> list:
@@ -260,6 +338,49 @@ def _pad_amounts(view: NodeView, rank: int) -> list:
     for k, a in enumerate(axes):
         result[a] = (int(pads[k]), int(pads[k + len(axes)]))
     return result
+
+
+def _fold_pad(b: GraphBuilder, R: str, axis: int, rank: int, begin: int, end: int, dim: int,
+              mode: str) -> Optional[str]:
+    """R_x along one padded axis from slices of R, with no constant sized by dim: the kept part of a constant pad
+    or crop; for reflect, edge and wrap (pads >= 0 and, for reflect and wrap, no longer than the axis) the middle
+    part plus each pad's relevance folded onto the inputs it copies (reversed for reflect, summed onto the edge
+    value for edge). None where another case needs the general index map."""
+    def part(lo: int, hi: int) -> str:
+        return b.op("Slice", [R, b.ints([lo]), b.ints([hi]), b.ints([axis])], "R_part")
+
+    def placed(value: str, before: int, after: int) -> str:
+        if before == 0 and after == 0:
+            return value
+        pads = [0] * (2 * rank)
+        pads[axis], pads[axis + rank] = before, after
+        return b.op("Pad", [value, b.ints(pads, "pads")], "R_placed")
+
+    if mode == "constant" or (begin <= 0 and end <= 0):
+        kept = dim - max(-begin, 0) - max(-end, 0)
+        middle = part(max(begin, 0), max(begin, 0) + kept) if begin > 0 or end > 0 else R
+        return placed(middle, max(-begin, 0), max(-end, 0))
+    if begin < 0 or end < 0 or (mode == "reflect" and max(begin, end) > dim - 1) or \
+            (mode == "wrap" and max(begin, end) > dim):
+        return None
+    pieces = [part(begin, begin + dim)]
+    if begin > 0:
+        left = part(0, begin)
+        if mode == "edge":  # every left pad copies x[0]
+            pieces.append(placed(b.reduce("ReduceSum", left, [axis], keepdims=True, hint="R_edge"), 0, dim - 1))
+        elif mode == "reflect":  # pad position p copies x[begin - p]
+            pieces.append(placed(reverse(b, left, axis), 1, dim - 1 - begin))
+        else:  # wrap: pad position p copies x[dim - begin + p]
+            pieces.append(placed(left, dim - begin, 0))
+    if end > 0:
+        right = part(begin + dim, begin + dim + end)
+        if mode == "edge":  # every right pad copies x[dim - 1]
+            pieces.append(placed(b.reduce("ReduceSum", right, [axis], keepdims=True, hint="R_edge"), dim - 1, 0))
+        elif mode == "reflect":  # pad position q after the end copies x[dim - 2 - q]
+            pieces.append(placed(reverse(b, right, axis), dim - 1 - end, 1))
+        else:  # wrap: pad position q copies x[q]
+            pieces.append(placed(right, 0, dim - end))
+    return b.add_all(pieces, "R_folded")
 
 
 @register("Pad", group="shape", rules=(Pass,), check=_check_const_inputs)
@@ -280,13 +401,14 @@ def emit_pad(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
             back = _unpad_dynamic(b, back, axis, rank, begin, end)
             continue
         dim = _static_dims(view, x, (axis,), "Pad moves relevance back along it")[axis]
+        folded = _fold_pad(b, back, axis, rank, begin, end, dim, mode)
+        if folded is not None:
+            back = folded
+            continue
         index = np.arange(dim)[max(-begin, 0): dim - max(-end, 0)]
         widths = (max(begin, 0), max(end, 0))
-        if mode == "constant":
-            index = np.pad(index, widths, constant_values=-1)
-        else:
-            index = np.pad(index, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
-        back = move_back(b, back, axis, rank, index, dim)
+        index = np.pad(index, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+        back = move_back(b, back, axis, rank, index, dim, along(view, x, axis))
     pads = _pad_amounts(view, rank)
     stab = dropped_share(b, R[0], back) if mode == "constant" and any(p > 0 for pair in pads for p in pair) else None
     return Emitted([back] + [None] * (len(view.inputs) - 1), None, stab)
@@ -456,6 +578,7 @@ def emit_resize(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
         if n_in == n_out and scales[axis] == 1.0:  # an axis Resize leaves alone (onnxruntime copies it)
             block_shape.append(n_in)
             continue
+        b.check_budget(n_out * n_in, 8, f"the interpolation matrix ({n_out} x {n_in}) of {along(view, x, axis)}")
         A = resize_matrix(n_in, n_out, scales[axis], mode, ctm, nearest_mode)
         if n_in == n_out and np.array_equal(A, np.eye(n_in)):
             block_shape.append(n_in)
