@@ -34,6 +34,9 @@ def compile_cmd(models, out, composite, sets, output_name, init, node_relevance,
     from .compiler import compile as compile_model
     from .io import save_model
     nodes = node_relevance if node_relevance in (None, "sums", "all") else node_relevance.split(",")
+    if len(models) == 1 and os.path.isdir(models[0]) and out.lower().endswith(".onnx") and not os.path.isdir(out):
+        raise OnnxLrpError(f"model path is not a file: {models[0]} is a folder (to compile every .onnx file in it, "
+                           f"give -o a folder)")
     if len(models) > 1 or os.path.isdir(models[0]) or os.path.isdir(out) or out.endswith(("/", os.sep)):
         check_output_folder(out, "-o")
         if shapes:
