@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/zoo_sweep.py [NAME ...] [--exporter legacy|dynamo] [--weights untrained|trained]
                                              [--source timm|keras|sklearn] [--markdown OUT.md] [--json OUT.json]
+                                             [--compact OUT.md]
 
 Sources: timm's CNNs (tests/timm_zoo.py; 64x64 inputs, untrained and trained-like weights, both torch exporters),
 the Keras models exported through tf2onnx (tests/data/keras/, made by benchmarks/export_keras.py) and scikit-learn
@@ -53,6 +54,35 @@ def format_rows(rows: list, header: bool, columns: list = COLUMNS) -> str:
     return "\n".join(lines)
 
 
+COMPACT = ["model", "family", "exporter", "status", "stabilizer"]
+
+
+def compact_rows(rows: list) -> list:
+    """One row per (model, exporter): the weight states' statuses and stabilizer shares joined as `untrained /
+    trained` (README's zoo table)."""
+    merged: dict = {}
+    for r in rows:
+        key = (r["model"], r.get("exporter", "-"))
+        entry = merged.setdefault(key, {"model": r["model"], "family": r["family"], "exporter": key[1],
+                                        "status": [], "stabilizer": []})
+        entry["status"].append(r["status"])
+        entry["stabilizer"].append(FORMATS["stabilizer"].format(r["stabilizer"]) if "stabilizer" in r else "-")
+    out = []
+    for entry in merged.values():
+        statuses = entry["status"]
+        status = statuses[0] if len(set(statuses)) == 1 else " / ".join(statuses)
+        out.append({**entry, "status": status, "stabilizer": " / ".join(entry["stabilizer"])})
+    return out
+
+
+def format_compact(rows: list) -> str:
+    """The compact markdown table of compact_rows (the stabilizer column already formatted)."""
+    lines = ["| " + " | ".join(COMPACT) + " |", "|" + "---|" * len(COMPACT)]
+    for r in compact_rows(rows):
+        lines.append("| " + " | ".join(str(r[c]) for c in COMPACT).replace("\n", " / ") + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     """Run the sweep, print the table as it grows and a summary; exit 1 if any case is not ok."""
     from timm_zoo import WEIGHTS, ZOO
@@ -63,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--source", choices=["timm", "keras", "sklearn"], action="append")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    parser.add_argument("--compact", type=Path, help="also write one row per model and exporter (README's table)")
     args = parser.parse_args(argv)
     exporters = args.exporter or ["legacy", "dynamo"]
     weights = args.weights or list(WEIGHTS)
@@ -94,6 +125,8 @@ def main(argv=None) -> int:
         args.markdown.write_text(format_rows(rows, header=True) + "\n")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    if args.compact:
+        args.compact.write_text(format_compact(rows) + "\n")
     return 0 if ok == len(rows) else 1
 
 

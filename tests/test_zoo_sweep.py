@@ -1,6 +1,6 @@
 """The zoo sweep's representative subset (benchmarks/zoo_sweep.py runs it all): two timm models chosen for the
 compiler stages they exercise (one untrained with the dynamo exporter, one trained-like with the legacy one), every
-shipped Keras fixture (tf2onnx) and the scikit-learn pipelines (skl2onnx). Each row's compiled logits must equal the
+shipped Keras fixture (tf2onnx) and the scikit-learn MLP pipeline (skl2onnx). Each row's compiled logits must equal the
 source framework's (torch, Keras, scikit-learn: 1e-4 relative) and total = inputs + biases + stabilizer must hold to
 1e-4."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ TIMM_CASES = [
     ("fastvit_t8", "trained", "legacy"),    # parallel reparameterisable branches merged into one Conv (RepMixer)
     ("resnet10t", "untrained", "dynamo"),   # the constructor's zero biases and identity BatchNorms, dynamo export
 ]
-SKLEARN_CASES = ["Pipeline(StandardScaler, LogisticRegression)", "Pipeline(StandardScaler, MLPClassifier)"]
+SKLEARN_CASES = ["Pipeline(StandardScaler, MLPClassifier)"]  # the linear pipeline: tests/test_sklearn_linear.py
 
 
 def _assert_ok(row: dict) -> None:
