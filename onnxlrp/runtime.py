@@ -172,8 +172,9 @@ class Explainer:
         self._static_classes = _static_classes(proto, meta["explained"])
         if from_file:
             self._model, self._model_path = None, os.fspath(model)
+        model_bytes = proto.ByteSize()
         del proto, source
-        release_freed_memory()
+        release_freed_memory(model_bytes)
         self.provider = self.session.get_providers()[0]
         self.inputs = [i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, MASK_INPUT)]
         self._shapes: dict = {}  # input shapes -> explained output shape (see _output_shape)

@@ -34,9 +34,16 @@ def tune_options(options, model: onnx.ModelProto) -> None:
         options.add_session_config_entry(PREPACK_KEY, "1")
 
 
-def release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc), so that the transient copies of a large
-    model made while the session was built do not stay in the process's resident memory."""
+# models below this size leave too little behind to be worth a full garbage collection (whose cost grows with every
+# live object of the process, not with the model: thousands of small Explainers would pay it each time)
+RELEASE_LIMIT_BYTES = 64 * 2 ** 20
+
+
+def release_freed_memory(model_bytes: int) -> None:
+    """For a model of at least RELEASE_LIMIT_BYTES: collect garbage and hand freed heap pages back to the OS (glibc),
+    so that the transient copies of a large model made while the session was built do not stay resident."""
+    if model_bytes < RELEASE_LIMIT_BYTES:
+        return
     gc.collect()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -51,6 +51,9 @@ CASES = {
                                   {"W": _conv_w(3, 2, (3, 3))}, (11, NEWEST_OPSET)),
     "convtranspose_same": ([mk("ConvTranspose", ["x", "W"], ["h"], strides=[2, 2], auto_pad="SAME_UPPER")]
                            + _head(), {"W": _conv_w(3, 2, (3, 2))}, (NEWEST_OPSET,)),
+    "convtranspose_same_k_lt_s": ([mk("ConvTranspose", ["x", "W"], ["h"], strides=[3, 2], output_padding=[1, 1],
+                                      auto_pad="SAME_LOWER")] + _head(), {"W": _conv_w(3, 2, (1, 2))},
+                                  (11, NEWEST_OPSET)),
     "avgpool_pads_exclude": ([mk("AveragePool", ["x"], ["h"], kernel_shape=[3, 3], strides=[2, 2],
                                  pads=[1, 1, 1, 1])] + _head(), {}, (11, NEWEST_OPSET)),
     "avgpool_pads_include": ([mk("AveragePool", ["x"], ["h"], kernel_shape=[3, 2], strides=[2, 1],

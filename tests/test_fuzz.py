@@ -191,9 +191,10 @@ def test_mutated_and_truncated_model_files_end_in_an_explanation_or_an_onnxlrp_e
     failures = []
     path = tmp_path / "case.onnx"
     start = time.perf_counter()
-    faulthandler.dump_traceback_later(600, exit=True)  # last resort against a hang inside native code
     try:
         for index, kind, data, x in cases:
+            # last resort against a hang inside native code, where the per-case alarm cannot interrupt
+            faulthandler.dump_traceback_later(10 * CASE_SECONDS, exit=True)
             path.write_bytes(data)
             try:
                 with time_limit(CASE_SECONDS):

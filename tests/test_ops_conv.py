@@ -84,6 +84,16 @@ CONVT_CASES = {
     "2d_same_lower": ((1, 2, 3, 4), (2, 3, 3, 2), dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     "1d": ((1, 2, 5), (2, 3, 4), dict(strides=[3], pads=[1, 2])),
     "3d": ((1, 2, 2, 3, 2), (2, 2, 2, 2, 3), dict(strides=[2, 1, 2], pads=[0, 1, 0, 1, 0, 1])),
+    # SAME_* with a kernel shorter than the stride: the pads cannot be negative, so the output is the full grid
+    # s*(in-1) + eff + output_padding, shorter than in*s (hypothesis found the first two in CI)
+    "1d_same_upper_k1_s2": ((1, 1, 2), (1, 1, 1), dict(strides=[2], dilations=[1], group=1, auto_pad="SAME_UPPER")),
+    "1d_same_upper_k1_s2_len1": ((1, 1, 1), (1, 1, 1), dict(strides=[2], dilations=[1], group=1,
+                                                             auto_pad="SAME_UPPER")),
+    "1d_same_lower_k2_s3": ((1, 2, 3), (2, 1, 2), dict(strides=[3], auto_pad="SAME_LOWER")),
+    "1d_same_upper_k1_s3_outpad": ((1, 1, 2), (1, 2, 1), dict(strides=[3], output_padding=[1], auto_pad="SAME_UPPER")),
+    "1d_same_lower_k3_s2_outpad": ((1, 1, 2), (1, 1, 3), dict(strides=[2], output_padding=[1], auto_pad="SAME_LOWER")),
+    "2d_same_lower_k_lt_s_dil": ((1, 2, 3, 2), (2, 1, 1, 2), dict(strides=[3, 2], dilations=[1, 2], group=2,
+                                                                  auto_pad="SAME_LOWER")),
 }
 
 

@@ -457,11 +457,14 @@ def conv_transpose_geometry(view: NodeView, spatial: tuple, w_shape: tuple) -> t
     """(head pads, tail pads, cuts) of a ConvTranspose as the ONNX spec (and onnxruntime) define it.
 
     The taps of input i land on the full grid at i*s + k*d (full span F = s*(in-1) + eff); output o is full
-    position o + head. With output_shape (or SAME_*, out = in*s): total = F + output_padding - out,
-    head = total//2 for SAME_UPPER, total - total//2 otherwise (total < 0 means no head pad); else head = pads_begin.
-    The transposed Conv pads s by head in front and F - out - head behind; where that is negative the output
-    extends past every tap and its last `cut` positions are dropped. Only output_shape makes these depend on the
-    input's size (SAME: F - out = eff - s), so `spatial` may hold None elsewhere."""
+    position o + head. With output_shape: total = max(F + output_padding - out, 0), head = total//2 for
+    SAME_UPPER, total - total//2 otherwise; else head = pads_begin. SAME_* aims at out = in*s, but the pads
+    cannot be negative: total = max(eff - s + output_padding, 0) and out = F + output_padding - total
+    (= min(in*s, F + output_padding): a kernel shorter than the stride gives a shorter output, as onnxruntime and
+    ONNX shape inference have it). The transposed Conv pads s by head in front and F - out - head behind; where
+    that is negative the output extends past every tap and its last `cut` positions are dropped. Only output_shape
+    makes these depend on the input's size (SAME: F - out = total - output_padding), so `spatial` may hold None
+    elsewhere."""
     nd = len(spatial)
     kernel = list(view.attr("kernel_shape", w_shape[2:]))
     strides = list(view.attr("strides", [1] * nd))
@@ -479,9 +482,9 @@ def conv_transpose_geometry(view: NodeView, spatial: tuple, w_shape: tuple) -> t
             head = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
             tail = full - out_shape[i] - head
         elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            total = max(eff - strides[i] + out_pad[i], 0)
+            total = max(eff - strides[i] + out_pad[i], 0)  # out = F + out_pad - total, never past in*s
             head = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
-            tail = eff - strides[i] - head
+            tail = total - out_pad[i] - head
         elif auto_pad == "VALID":
             head, tail = 0, -out_pad[i]
         else:
