@@ -59,9 +59,9 @@ $(STAMP_TEST): pyproject.toml constraints.txt | $(PY)
 	$(PIP) install -q --no-deps quantus==0.6.0
 	# models as deployed (tests/test_deployed_models.py): the ONNX files these wheels ship, without their runtimes
 	$(PIP) install -q --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2
-	# timm asks for torch and torchvision (no CPU build here: tests/conftest.py registers a stand-in): the zoo sweep's
-	# subset (tests/test_zoo_sweep.py) builds its models; huggingface_hub and safetensors are optional to it
-	$(PIP) install -q --no-deps timm==1.0.31
+	# lxt and timm ask for torch and torchvision unpinned (lxt also for bitsandbytes, open_clip...): install them
+	# alone, the constraints keep torch at the local CPU build; tests/conftest.py stands in for torchvision
+	$(PIP) install -q --no-deps lxt==2.1 timm==1.0.31
 	touch $@ $(STAMP_RUN)
 
 demo: $(STAMP_RUN)

@@ -18,18 +18,27 @@ def batch_length(inputs: Mapping) -> int:
 
 
 def explain_in_batches(explainer, inputs: Mapping, target: Union[None, int, Sequence[int]],
-                       batch_size: int, **options) -> Iterator[tuple]:
-    """(first sample, Explanation) for each consecutive chunk of batch_size samples; options go to explain() (check=,
-    region=, channel=, one anchor= pair, a target_mask= without batch axis: the same for every chunk)."""
+                       batch_size: int, position: Union[None, int, Sequence[int]] = None,
+                       **options) -> Iterator[tuple]:
+    """(first sample, Explanation) for each consecutive chunk of batch_size samples; position (a sequence output's,
+    one or one per sample) is cut like the targets; options go to explain() (check=, region=, channel=, one anchor=
+    pair, a target_mask= without batch axis: the same for every chunk)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"--batch-size must be a positive integer, got {batch_size!r}")
     n = batch_length(inputs)
     targets = None if target is None or np.isscalar(target) else np.asarray(target).reshape(-1)
     if targets is not None and targets.size not in (1, n):
         raise InputError(f"got {targets.size} targets for a batch of {n}")
+    positions = None if position is None or np.isscalar(position) else np.asarray(position).reshape(-1)
+    if positions is not None and positions.size not in (1, n):
+        raise InputError(f"got {positions.size} positions for a batch of {n}")
+    if position is not None:
+        options["position"] = position if positions is None or positions.size == 1 else None
     for start in range(0, max(n, 1), batch_size):
         chunk = {name: value[start:start + batch_size] for name, value in inputs.items()}
         part = target if targets is None or targets.size == 1 else targets[start:start + batch_size].tolist()
+        if positions is not None and positions.size > 1:
+            options["position"] = positions[start:start + batch_size].tolist()
         yield start, explainer.explain(chunk, part, **options)
 
 

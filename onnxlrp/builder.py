@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .batch import Layout
 from .errors import CompileBudgetError, CompileError
 
 DEFAULT_MAX_CONSTANT_BYTES = 256 * 2 ** 20
@@ -70,6 +71,11 @@ class GraphBuilder:
         # float32, a float64 island in a float32 model): every builder op reads them through one cached Cast
         self.foreign: set[str] = set()
         self._as_working: dict[str, str] = {}
+        # where the batch lies in the output of the node being emitted (set by the compiler, see batch.py), and a
+        # graph input whose axis 0 is the batch (for the run-time batch size of a merged batch axis)
+        self.layout = Layout()
+        self.batch_input: str | None = None
+        self._batch_size: str | None = None
 
     def fresh(self, hint: str) -> str:
         """A new unique value name under the current scope: base, base_2, base_3, ... A counter per base remembers
@@ -202,11 +208,56 @@ class GraphBuilder:
 
     # ---- small compositions every emitter needs -------------------------------------------------------------
     def per_sample_sum(self, x: str, hint: str = "sum", rank: int | None = None) -> str:
-        """(N, ...) -> (N,): the sum over every axis but the first (any rank >= 1; one ReduceSum when rank is known)."""
-        if rank is not None and rank >= 2:
-            return self.reduce("ReduceSum", x, list(range(1, rank)), keepdims=False, hint=hint)
+        """(N, ...) -> (N,): the sum over every axis but the batch axis (self.layout; axis 0 by default; a merged
+        batch axis outer * N * inner is summed over outer and inner too). One ReduceSum when the rank is known."""
+        k = self.layout.axis
+        if rank is None or (k == 0 and not self.layout.merged):
+            if rank is not None and rank >= 2:
+                return self.reduce("ReduceSum", x, list(range(1, rank)), keepdims=False, hint=hint)
+            if rank == 1:
+                return x
+            flat = self.op("Reshape", [x, self.ints([0, -1], "shape")], f"{hint}_flat")
+            return self.reduce("ReduceSum", flat, [1], keepdims=False, hint=hint)
+        axes = [a for a in range(rank) if a != k]
+        rows = self.reduce("ReduceSum", x, axes, keepdims=False, hint=hint) if axes else x
+        if not self.layout.merged:
+            return rows
+        grouped = self.op("Reshape", [rows, self._groups([], hint)], f"{hint}_grouped")
+        return self.reduce("ReduceSum", grouped, [0, 2], keepdims=False, hint=hint)
+
+    def batch_axes_but(self, rank: int, keep=()) -> list:
+        """The axes of a value of this rank other than the batch axis (self.layout) and `keep`."""
+        return [a for a in range(rank) if a != self.layout.axis and a not in keep]
+
+    def to_rows(self, x: str, rank: int, hint: str = "rows") -> str:
+        """A value whose batch lies on self.layout's axis -> (N, units): the batch axis first, the rest flattened,
+        a merged batch axis (outer * N * inner) summed over its outer and inner entries."""
+        k = self.layout.axis
+        if k != 0:
+            x = self.op("Transpose", [x], f"{hint}_T", perm=[k] + [a for a in range(rank) if a != k])
         flat = self.op("Reshape", [x, self.ints([0, -1], "shape")], f"{hint}_flat")
-        return self.reduce("ReduceSum", flat, [1], keepdims=False, hint=hint)
+        if not self.layout.merged:
+            return flat
+        units = self.op("Slice", [self.op("Shape", [flat], f"{hint}_shape"), self.ints([1]), self.ints([2])],
+                        f"{hint}_units")
+        grouped = self.op("Reshape", [flat, self._groups([units], hint)], f"{hint}_grouped")
+        return self.reduce("ReduceSum", grouped, [0, 2], keepdims=False, hint=hint)
+
+    def _groups(self, tail: list, hint: str) -> str:
+        """The shape (outer, N, -1, *tail) that splits a merged batch axis into its parts."""
+        parts = [self.ints([self.layout.outer]), self.batch_size(), self.ints([-1])] + tail
+        return self.op("Concat", parts, f"{hint}_groups", axis=0)
+
+    def batch_size(self) -> str:
+        """The run-time batch size N as an int64 (1,) tensor, read from a graph input's axis 0 (cached)."""
+        if self._batch_size is None:
+            if self.batch_input is None:
+                raise ValueError("the batch size is needed but no graph input gives it")
+            scope, self.scope = self.scope, "lrp/_"
+            self._batch_size = self.op("Slice", [self.op("Shape", [self.batch_input], "input_shape"), self.ints([0]),
+                                                 self.ints([1])], "batch_size")
+            self.scope = scope
+        return self._batch_size
 
     def zeros_like(self, x: str, hint: str = "zeros") -> str:
         """A zero tensor shaped like x in the working dtype (no arithmetic on x, so NaN/Inf in x cannot leak)."""
@@ -231,12 +282,11 @@ class GraphBuilder:
 
         With eps = 0 (LRP-0) a unit with z == 0 exactly cannot pass relevance on: s = 0 there and its whole
         relevance is returned as the share taken, so that conservation still balances."""
-        if eps == 0.0:
+        if eps == 0.0:  # s = R / inf = 0 where z == 0 (R is finite: the seed is scaled to one)
             is_zero = self.op("Equal", [z, self.const(0.0)], "z_is_zero")
-            den = self.op("Where", [is_zero, self.const(1.0), z], "den")
-            kept = self.op("Where", [is_zero, self.const(0.0), R], "R_kept")
+            den = self.op("Where", [is_zero, self.const(np.inf), z], "den")
             dropped = self.op("Where", [is_zero, R, self.const(0.0)], "R_dropped")
-            return self.op("Div", [kept, den], "s"), dropped
+            return self.op("Div", [R, den], "s"), dropped
         den, shift = self.stabilize(z, eps)
         s = self.op("Div", [R, den], "s")
         return s, self.op("Mul", [s, shift], "stab")

@@ -282,36 +282,67 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def matmul_add_to_gemm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """MatMul(x, W) + b on a rank-2 x with constant 2-D W and bias of shape (M,) or (1, M) -> one Gemm node,
-    so that the bias belongs to its linear node (one rule, one bias row)."""
+    """MatMul(x, W) + b with constant 2-D W and a bias of M values (shaped (M,) or (1, ..., M)) -> one Gemm node, so
+    that the bias belongs to its linear node (one rule, one bias row, one division by z instead of two). A rank-2 x
+    is read as is; a higher-rank x (..., K) (a transformer's (N, T, H)) as its rows: Reshape(x, (-1, K)) -> Gemm
+    -> Reshape back to x's leading dims and M (the batch moves into the rows, see batch.py)."""
     if not _has_op(model, "MatMul"):
         return model
     index = GraphIndex.build(model)
     outputs = {o.name for o in model.graph.output}
-    removed = set()
+    removed, added = set(), {}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     for node in list(model.graph.node):
         if node.op_type != "MatMul":
             continue
         x, w_name = node.input
         w = index.constants.get(w_name)
         info = index.info(x)
-        if w is None or w.ndim != 2 or info is None or info.shape is None or len(info.shape) != 2:
+        if w is None or w.ndim != 2 or info is None or info.shape is None or len(info.shape) < 2:
+            continue
+        if len(info.shape) > 2 and (opset < 13 or info.shape[-1] != w.shape[0]):
             continue
         add = _single_consumer(index, node.output[0], outputs)
         if add is None or add.op_type != "Add":
             continue
         other = add.input[1] if add.input[0] == node.output[0] else add.input[0]
         bias = index.constants.get(other)
-        if bias is None or bias.size != w.shape[1] or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+        if bias is None or bias.size != w.shape[1] or bias.ndim > len(info.shape) or \
+                any(d != 1 for d in bias.shape[:-1]) or (bias.ndim and bias.shape[-1] != w.shape[1]):
             continue
-        gemm = helper.make_node("Gemm", [x, w_name, _replace_initializer(model, other, bias.reshape(-1))],
-                                [add.output[0]], name=node.name)
-        node.CopyFrom(gemm)
+        b_name = _replace_initializer(model, other, bias.reshape(-1))
+        if len(info.shape) == 2:
+            node.CopyFrom(helper.make_node("Gemm", [x, w_name, b_name], [add.output[0]], name=node.name))
+        else:
+            added[node.name] = _rows_gemm(model, node, x, w_name, b_name, add.output[0], w.shape)
         removed.add(add.name)
-    keep = [n for n in model.graph.node if n.name not in removed]
+    nodes = []
+    for n in model.graph.node:
+        if n.name in added:
+            nodes.extend(added[n.name])
+        elif n.name not in removed:
+            nodes.append(n)
     del model.graph.node[:]
-    model.graph.node.extend(keep)
+    model.graph.node.extend(nodes)
     return model
+
+
+def _rows_gemm(model: onnx.ModelProto, node: onnx.NodeProto, x: str, w: str, b: str, out: str, w_shape) -> list:
+    """Reshape(x, (-1, K)) -> Gemm(W, b) (named as the MatMul) -> Reshape to (x's leading dims, M) as `out`."""
+    base = node.name
+    k, m = int(w_shape[0]), int(w_shape[1])
+    rows_shape = _replace_initializer(model, f"{base}/rows_shape", np.array([-1, k], np.int64))
+    start = _replace_initializer(model, f"{base}/lead_start", np.array([0], np.int64))
+    end = _replace_initializer(model, f"{base}/lead_end", np.array([-1], np.int64))
+    units = _replace_initializer(model, f"{base}/units", np.array([m], np.int64))
+    names = {k2: f"{base}/{k2}" for k2 in ("rows", "rows_out", "x_shape", "lead", "out_shape")}
+    return [helper.make_node("Reshape", [x, rows_shape], [names["rows"]], name=f"{base}/Reshape_rows"),
+            helper.make_node("Gemm", [names["rows"], w, b], [names["rows_out"]], name=base),
+            helper.make_node("Shape", [x], [names["x_shape"]], name=f"{base}/Shape"),
+            helper.make_node("Slice", [names["x_shape"], start, end], [names["lead"]], name=f"{base}/Slice_lead"),
+            helper.make_node("Concat", [names["lead"], units], [names["out_shape"]], name=f"{base}/Concat_shape",
+                             axis=0),
+            helper.make_node("Reshape", [names["rows_out"], names["out_shape"]], [out], name=f"{base}/Reshape_back")]
 
 
 CLASSIFIER_TRANSFORMS = {"SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
@@ -425,13 +456,27 @@ def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
+def layer_norm_statistics(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every LayerNormalization its optional InvStdDev output (the 1 / sigma its forward pass computes
+    anyway), which the relevance graph reads instead of computing the statistics a second time."""
+    for node in model.graph.node:
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        outputs = list(node.output) + [""] * (3 - len(node.output))
+        if not outputs[2]:
+            outputs[2] = f"{node.name or node.output[0]}/inv_std_dev"
+            del node.output[:]
+            node.output.extend(outputs)
+    return model
+
+
 def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run every rewrite in order on a copy; shapes are re-inferred at the end."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for rewrite in (name_nodes, constants_to_initializers, unroll_recurrent, split_classifier_transform,
                     fold_batchnorm, fold_batchnorm_into_next, fold_affine_into_conv, merge_parallel_convs,
-                    matmul_add_to_gemm):
+                    matmul_add_to_gemm, layer_norm_statistics):
         out = rewrite(out)
     return out
 

@@ -38,10 +38,16 @@ SHOWN_SAMPLES = 8  # samples printed in full; -o saves all
               help="Do not verify total = inputs + biases + stabilizer for every sample (a few sums; see the README).")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(min=1),
               help="Samples per onnxruntime run: memory follows the batch size, not the input's size.")
+@click.option("--position", "positions", multiple=True, type=int,
+              help="Sequence outputs (N, T, C): the position explained (one, or one per sample; default -1).")
+@click.option("--tokens", "tokens_file", default=None, type=click.Path(dir_okay=False),
+              help="Token-id inputs: a text file with one token per line (blank lines separate samples); the tokens "
+                   "are printed coloured by relevance and drawn by --heatmap.")
 def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, sets, output_name, out, top, heatmap,
                 max_heatmaps, overlay, feature_names, region, channel, anchor, mask_file, shapes, no_check,
-                batch_size) -> None:
-    """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions."""
+                batch_size, positions, tokens_file) -> None:
+    """Explain the inputs in FILE with MODEL; print prediction, conservation and top positions (token-id inputs:
+    the tokens coloured by relevance)."""
     from .batching import Gatherer, batch_length, explain_in_batches
     from .datasets.progress import RunProgress
     from .heatmap import MAX_SAMPLES
@@ -66,12 +72,14 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
     head = Gatherer(min(n, max(SHOWN_SAMPLES, drawn)))   # what is printed and drawn
     everything = Gatherer(n) if out else None             # what -o saves
     with RunProgress(n, enabled=None if n > batch_size else False) as progress:
-        for start, part in explain_in_batches(explainer, inputs, target, batch_size, check=not no_check, **masks):
+        for start, part in explain_in_batches(explainer, inputs, target, batch_size, check=not no_check,
+                                              position=_position(positions), **masks):
             head.add(start, part)
             if everything is not None:
                 everything.add(start, part)
             progress.advance(part.total.shape[0], 0)
     exp = head.result()
+    tokens, token_input = _tokens(explainer, exp, inputs, tokens_file)
     runs = f" in {-(-n // batch_size)} runs of {batch_size}" if n > batch_size else ""
     click.echo(f"model {model} | composite {explainer.composite} | provider {explainer.provider} | batch {n}{runs}")
     for i in range(min(n, SHOWN_SAMPLES)):
@@ -84,6 +92,10 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
                        f"(output {float(logits[exp.target[i]]):.6g})")
         click.echo("  " + conservation_line(exp, i))
         for name, rel in exp.relevance.items():
+            if name == token_input:
+                from .tokens import coloured_line
+                click.echo(f"  {name}: " + coloured_line(tokens[i], rel[i]))
+                continue
             labels = names if name in named else None
             positions = ", ".join(f"{_label(idx, rel[i].shape, labels)}: {val:+.4g}"
                                   for idx, val in top_positions(rel[i], top))
@@ -94,7 +106,16 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
         from .report import save_explanation
         save_explanation(everything.result(), out)
         click.echo(f"wrote {out}")
-    if heatmap:
+    if heatmap and token_input:
+        from .tokens import save_token_heatmap
+        shown = min(head.filled, max_heatmaps or head.filled)
+        titles = [f"sample {i}: target {int(exp.target[i])}, total {float(exp.total[i]):.4g} "
+                  f"(red: for it, blue: against)" for i in range(shown)]
+        if shown < n:
+            note(f"the heatmap shows the first {shown} of the {n} samples")
+        drawn = save_token_heatmap(heatmap, tokens[:shown], exp.relevance[token_input][:shown], titles)
+        click.echo(f"wrote heatmap {drawn}")
+    elif heatmap:
         from .heatmap import save_explanation_heatmaps
         title = (f"{Path(model).name}: LRP ({explainer.composite}) of the {_target_text(target)} "
                  f"(red: for it, blue: against)")
@@ -104,6 +125,27 @@ def explain_cmd(model, input_file, keys, size, mean, std, targets, composite, se
             if layout.samples < n:
                 note(f"the heatmap shows the first {layout.samples} of the {n} samples")
             click.echo(f"wrote heatmap {path}")
+
+
+def _position(positions: tuple):
+    """--position: None (the default, -1), one int for every sample, or one per sample."""
+    if not positions:
+        return None
+    return positions[0] if len(positions) == 1 else list(positions)
+
+
+def _tokens(explainer, exp, inputs: dict, tokens_file: Optional[str]) -> tuple:
+    """(token strings per sample, the token-id input they belong to) for a model with token-id inputs (the first
+    one), (None, None) otherwise; --tokens on a model without them is an error."""
+    token_inputs = [name for name in explainer.meta.get("tokens", []) if name in exp.relevance]
+    if not token_inputs:
+        if tokens_file:
+            from .errors import OnnxLrpError
+            raise OnnxLrpError("--tokens applies to models with token-id inputs (an embedding lookup); this one "
+                               "has none")
+        return None, None
+    from .tokens import load_tokens, tokens_for
+    return tokens_for(load_tokens(tokens_file) if tokens_file else None, inputs[token_inputs[0]]), token_inputs[0]
 
 
 def _feature_names(path: Optional[str]) -> Optional[list]:

@@ -12,6 +12,7 @@ import onnx
 from onnx import helper
 
 from . import __version__
+from .batch import DEFAULT as DEFAULT_LAYOUT, batch_layouts
 from .builder import DEFAULT_MAX_CONSTANT_BYTES, GraphBuilder
 from .canonicalize import canonicalize, explained_tensor
 from .composites import Composite, load_composite
@@ -32,19 +33,16 @@ METADATA_KEY = "onnxlrp"
 UNSCALED_OUTPUTS = ("lrp/total", "lrp/output")
 LOW_PRECISION_FLOATS = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 TARGET_INPUT = "lrp_target"
+POSITION_INPUT = "lrp_position"  # (N,) or (1,) int64, default -1: the position of a sequence output (N, T, C)
 NONNEGATIVE_OPS = {"Relu", "Sigmoid", "Softplus", "HardSigmoid", "Abs", "Exp", "Softmax"}
 NONNEGATIVE_IF_INPUTS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape", "Flatten",
                          "Transpose", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Concat", "Add", "Sum", "Pad",
                          "Slice", "Gather", "Expand", "Resize", "Split"}
 HINTS = {
-    "Softmax": "only a Softmax on the explained output is bypassed; export the logits",
     "LogSoftmax": "only a LogSoftmax on the explained output is bypassed; export the logits",
     "If": "control flow is not supported: export with static control flow (torch.jit.trace / dynamo with fixed branches)",
     "Loop": "control flow is not supported: unroll the loop at export time",
     "Scan": "control flow is not supported: unroll the scan at export time",
-    "LayerNormalization": "normalisation over features is not linear; no LRP rule yet",
-    "InstanceNormalization": "normalisation over features is not linear; no LRP rule yet",
-    "GroupNormalization": "normalisation over features is not linear; no LRP rule yet",
     "Einsum": "rewrite the contraction as MatMul or Gemm with a constant operand",
     "Upsample": "Upsample is deprecated: re-export with opset >= 10 (Resize)",
     **{op: "quantized graphs are not supported: explain the float model before quantization"
@@ -64,6 +62,20 @@ ML_REASONS = {
 }
 
 
+# ops that carry token ids unchanged from an int graph input to an embedding Gather
+INDEX_PRESERVING = ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Int values that carry relevance: int graph inputs whose values select rows of a constant float table
+    (an embedding Gather), the values between them and the Gather, and the nodes that carry them."""
+
+    inputs: frozenset = frozenset()
+    values: frozenset = frozenset()
+    nodes: frozenset = frozenset()
+
+
 @dataclass
 class Plan:
     """The compile plan: path nodes in topological order, their rules and views."""
@@ -78,6 +90,9 @@ class Plan:
     specs: dict = field(default_factory=dict)
     senders: dict = field(default_factory=dict)  # tensor -> [(consumer node, relevance value)], filled by compile
     seed_scale: Optional[str] = None  # (N,) factor every relevance output is multiplied by (see _seed)
+    tokens: Tokens = Tokens()  # int inputs (token ids) that receive relevance through embedding Gathers
+    logits: Optional[str] = None  # what lrp/output reports: the explained value, or its row at lrp_position
+    layouts: dict = field(default_factory=dict)  # value -> batch.Layout: where the batch axis lies
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -103,11 +118,47 @@ def _non_finite(array: Optional[np.ndarray]) -> bool:
     return array is not None and array.dtype.kind == "f" and not bool(np.all(np.isfinite(array)))
 
 
-def relevance_path(index: GraphIndex, explained: str) -> set:
-    """Float values that depend (through float values only) on a float graph input and feed the explained value."""
-    reach = {n for n in index.graph_inputs if (index.info(n) is not None and index.info(n).is_float)}
+def _is_int(index: GraphIndex, name: str) -> bool:
+    """True for a value of a known integer type."""
+    info = index.info(name)
+    return info is not None and onnx.helper.tensor_dtype_to_np_dtype(info.elem_type).kind in "iu"
+
+
+def token_values(index: GraphIndex) -> Tokens:
+    """Int graph inputs that feed the indices of a Gather (axis 0) of a constant float table, through
+    index-preserving ops only (Cast to an int type, Reshape, Unsqueeze, ...): token ids. Their relevance is the
+    gathered rows' relevance summed over the row (the hidden axis)."""
+    inputs, values, nodes = set(), set(), set()
     for node in index.order:
-        if any(i in reach for i in all_inputs(node)):  # implicit inputs too: If/Loop bodies read outer values
+        table = index.constants.get(node.input[0]) if node.op_type == "Gather" and len(node.input) == 2 else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is None or table.dtype.kind != "f" or axis != 0 or node.input[1] in index.constants:
+            continue
+        name, chain, names = node.input[1], [node.name], [node.input[1]]
+        while name not in index.graph_inputs:
+            producer = index.producer.get(name)
+            if producer is None or producer.op_type not in INDEX_PRESERVING or not _is_int(index, name):
+                break
+            name = producer.input[0]
+            chain.append(producer.name)
+            names.append(name)
+        if name in index.graph_inputs and _is_int(index, name) and all(_is_int(index, n) for n in names):
+            inputs.add(name)
+            values.update(names)
+            nodes.update(chain)
+    return Tokens(frozenset(inputs), frozenset(values), frozenset(nodes))
+
+
+def relevance_path(index: GraphIndex, explained: str, tokens: Tokens = Tokens()) -> set:
+    """Float values that depend (through float values only) on a float graph input and feed the explained value,
+    plus the token values (int ids that select embedding rows) and what depends on them through the embeddings."""
+    reach = {n for n in index.graph_inputs if (index.info(n) is not None and index.info(n).is_float)}
+    reach |= tokens.inputs
+    for node in index.order:
+        if node.name in tokens.nodes:
+            reach.update(o for o in node.output if o)
+            continue
+        if any(i in reach and i not in tokens.values for i in all_inputs(node)):  # implicit inputs too
             for out in node.output:
                 info = index.info(out)
                 if out and (info is None or info.is_float):
@@ -145,67 +196,74 @@ def nonnegative_values(index: GraphIndex, path: set) -> frozenset:
     return frozenset(known)
 
 
-def _prune_silent_branches(index: GraphIndex, explained: str, path: set, nodes: list, nonneg: frozenset) -> tuple:
-    """Drop nodes whose outputs only feed inputs that never receive relevance (the branch of a sigmoid gate):
-    they need no rule and no emitter. Returns the reduced (path, nodes)."""
-    receives = {explained}
+def _prune_silent_branches(plan: "Plan", rules: dict) -> tuple:
+    """Drop nodes whose outputs only feed inputs that never receive relevance under their consumer's rule (the
+    branch of a sigmoid gate, a normalisation statistic, CP-LRP's queries and keys): they need no rule and no
+    emitter. Returns the reduced (path, nodes)."""
+    receives = {plan.explained}
     kept = []
-    for node in reversed(nodes):
+    for node in reversed(plan.nodes):
         if not any(o in receives for o in node.output):
             continue
         kept.append(node)
-        spec = lookup(node.op_type, node.domain)
+        spec = plan.specs.get(node.name)
         silent = set()
         if spec is not None and spec.silent is not None:
-            view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
-            silent = spec.silent(view)
-        receives.update(i for i in node.input if i in path and i not in silent)
+            silent = spec.silent(plan.views[node.name], rules.get(node.name))
+        receives.update(i for i in node.input if i in plan.path and i not in silent)
     kept.reverse()
-    return {v for v in path if v in receives}, kept
+    return {v for v in plan.path if v in receives}, kept
+
+
+# what onnxruntime's transformer optimizer (onnxruntime.transformers.optimizer) fuses a transformer into
+TRANSFORMER_FUSIONS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+                       "EmbedLayerNormalization", "BiasGelu", "FastGelu", "GroupQueryAttention", "RotaryEmbedding",
+                       "SimplifiedLayerNormalization", "BiasSplitGelu", "BiasAdd", "QuickGelu", "PackedAttention",
+                       "PackedMultiHeadAttention", "SkipGroupNorm", "GemmFastGelu", "DecoderMaskedMultiHeadAttention")
+
+
+def refuse_optimized(index: GraphIndex) -> None:
+    """A transformer optimised by onnxruntime (com.microsoft Attention, SkipLayerNormalization, FastGelu, ...) is
+    refused in one error that names every com.microsoft node, before anything else is looked at (an
+    EmbedLayerNormalization hides even the token ids)."""
+    contrib = [n for n in index.order if n.domain == "com.microsoft"]
+    if any(n.op_type in TRANSFORMER_FUSIONS for n in contrib):
+        problems = [NodeProblem(n.op_type, n.name, "an onnxruntime-fused op (com.microsoft)") for n in contrib]
+        raise UnsupportedModelError(problems, lead="this model was optimised by onnxruntime's transformer "
+                                    "optimizer; explain the model as exported, before onnxruntime's transformer "
+                                    "optimizations")
 
 
 def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[str]) -> Plan:
     """Canonical model -> Plan, raising UnsupportedModelError that lists every problem at once."""
     index = GraphIndex.build(model)
+    refuse_optimized(index)
     out_name, explained = explained_tensor(model, output)
-    path = relevance_path(index, explained)
+    tokens = token_values(index)
+    path = relevance_path(index, explained, tokens)
     if explained not in path:
         raise OnnxLrpError(f"output {out_name!r} does not depend on any floating-point input: nothing to explain")
     nodes = [n for n in index.order if any(o in path for o in n.output)]
     nonneg = nonnegative_values(index, path)
-    path, nodes = _prune_silent_branches(index, explained, path, nodes, nonneg)
-    plan = Plan(index, explained, out_name, path, nodes)
-    problems, assignable = [], []
+    plan = Plan(index, explained, out_name, path, nodes, tokens=tokens)
+    found: dict = {}  # node name -> NodeProblem
+    assignable = []
     for node in nodes:
+        # views see the relevance path before pruning: a gate's branch is still "data" the node computes at run time
         view = NodeView(node, index, frozenset(i for i in node.input if i in path), nonneg)
         plan.views[node.name] = view
+        problem = _support_problem(node, view, index, model)
+        if problem is not None:
+            found[node.name] = problem
+            continue
         spec = lookup(node.op_type, node.domain)
-        if spec is None and node.domain in ML_DOMAINS:
-            problems.append(NodeProblem(node.op_type, node.name, ML_REASONS.get(node.op_type, ML_REASON)))
-            continue
-        if spec is None and node.domain not in ("", "ai.onnx"):
-            problems.append(NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}",
-                                        DOMAIN_HINTS.get(node.domain, CUSTOM_DOMAIN_HINT)))
-            continue
-        broken = [i for i in node.input if _non_finite(index.constants.get(i))]
-        if broken:  # NaN/Inf weights make every relevance NaN: refuse them instead of explaining garbage
-            problems.append(NodeProblem(node.op_type, node.name, f"its constant input {broken[0]!r} holds NaN or Inf",
-                                        "the model file is corrupt or its training diverged"))
-            continue
-        if spec is None and node.op_type in RECURRENT_OPS:  # left in place by canonicalisation: say why
-            problems.append(NodeProblem(node.op_type, node.name, unroll_problem(node, index) or "it was not unrolled"))
-            continue
-        if spec is None:
-            problems.append(NodeProblem(node.op_type, node.name, "no relevance rule for this op",
-                                        HINTS.get(node.op_type, "")))
-            continue
-        reason = spec.check(view) if spec.check else None
-        if reason:
-            hint = static_size_hint(model) if isinstance(reason, NeedsStaticSize) else ""
-            problems.append(NodeProblem(node.op_type, node.name, reason, hint))
-            continue
         plan.specs[node.name] = spec
         assignable.append((node.op_type, spec.group(view), node.name))
+    first = {name: rule for name, (rule, _) in composite.assign(assignable).items()}
+    plan.path, plan.nodes = _prune_silent_branches(plan, first)
+    kept = {n.name for n in plan.nodes}
+    problems = [p for name, p in found.items() if name in kept]
+    assignable = [entry for entry in assignable if entry[2] in kept]
     assigned = composite.assign(assignable)
     for op_type, group, name in assignable:
         if name not in assigned:
@@ -223,6 +281,58 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
     if problems:
         raise UnsupportedModelError(problems)
     return plan
+
+
+def _support_problem(node: onnx.NodeProto, view: NodeView, index: GraphIndex,
+                     model: onnx.ModelProto) -> Optional[NodeProblem]:
+    """Why a node cannot be explained (a classical-ML op without a rule, a custom domain, NaN weights, a recurrent
+    op left in place, no emitter, its emitter's check), or None."""
+    spec = lookup(node.op_type, node.domain)
+    if spec is None and node.domain in ML_DOMAINS:
+        return NodeProblem(node.op_type, node.name, ML_REASONS.get(node.op_type, ML_REASON))
+    if spec is None and node.domain not in ("", "ai.onnx"):
+        return NodeProblem(node.op_type, node.name, f"custom domain {node.domain!r}",
+                           DOMAIN_HINTS.get(node.domain, CUSTOM_DOMAIN_HINT))
+    broken = [i for i in node.input if _non_finite(index.constants.get(i))]
+    if broken:  # NaN/Inf weights make every relevance NaN: refuse them instead of explaining garbage
+        return NodeProblem(node.op_type, node.name, f"its constant input {broken[0]!r} holds NaN or Inf",
+                           "the model file is corrupt or its training diverged")
+    if spec is None and node.op_type in RECURRENT_OPS:  # left in place by canonicalisation: say why
+        return NodeProblem(node.op_type, node.name, unroll_problem(node, index) or "it was not unrolled")
+    if spec is None:
+        return NodeProblem(node.op_type, node.name, "no relevance rule for this op", HINTS.get(node.op_type, ""))
+    reason = spec.check(view) if spec.check else None
+    if not reason:
+        return None
+    hint = static_size_hint(model) if isinstance(reason, NeedsStaticSize) else ""
+    return NodeProblem(node.op_type, node.name, reason, hint)
+
+
+def is_sequence(plan: "Plan", sequence: Optional[bool]) -> bool:
+    """Whether the explained output is a sequence (N, T, C) whose logits at one position (lrp_position) are
+    explained: `sequence` when given, else rank 3 with token-id inputs or a sequence axis of unknown length."""
+    info = plan.index.info(plan.explained)
+    rank3 = info is not None and info.shape is not None and len(info.shape) == 3
+    if sequence is not None:
+        if sequence and not rank3:
+            raise OnnxLrpError(f"sequence=True needs an explained output of rank 3 (N, T, C); {plan.output!r} has "
+                               f"shape {info.shape if info is not None else 'unknown'}")
+        return bool(sequence)
+    return rank3 and (bool(plan.tokens.inputs) or info.shape[1] is None)
+
+
+def _at_position(b: GraphBuilder, explained: str) -> tuple:
+    """(N, T, C) -> ((N, C) logits at lrp_position per sample (negative counts from the end), (N, T, 1) mask)."""
+    length = b.op("Gather", [b.op("Shape", [explained], "seq_shape"), b.const(1, dtype=np.int64)], "seq_len")
+    position = POSITION_INPUT
+    wrapped = b.op("Where", [b.op("Less", [position, b.const(0, dtype=np.int64)], "pos_negative"),
+                             b.op("Add", [position, length], "pos_from_end"), position], "pos")
+    steps = b.op("Range", [b.const(0, dtype=np.int64), length, b.const(1, dtype=np.int64)], "steps")
+    at = b.op("Equal", [b.unsqueeze(wrapped, [1], "pos_col"), steps], "at_pos")
+    mask = b.unsqueeze(at, [2], "at_pos_3d")
+    row = b.reduce("ReduceSum", b.op("Where", [mask, explained, b.const(0.0)], "y_at_pos"), [1], keepdims=False,
+                   hint="y_row")
+    return row, mask
 
 
 def _layout(info) -> str:
@@ -270,10 +380,13 @@ def check_batch_first(index: GraphIndex, out_name: str, explained: str) -> None:
                            f"declare its input so)")
 
 
-def _seed(b: GraphBuilder, explained: str, init: str, rank: Optional[int] = None) -> tuple:
+def _seed(b: GraphBuilder, explained: str, init: str, rank: Optional[int] = None, sequence: bool = False) -> tuple:
     """Initial relevance: the explained value at the target (logit) or one-hot (one), or the target mask times the
-    explained value (or the mask), divided by its magnitude; returns (unit seed, total, (N,) scale)."""
-    flat = b.op("Reshape", [explained, b.ints([0, -1])], "y_flat")
+    explained value (or the mask), divided by its magnitude; for a sequence output (N, T, C) at position
+    lrp_position only (targets and masks then refer to that (N, C) row); returns (unit seed, total, (N,) scale,
+    logits)."""
+    logits, mask = _at_position(b, explained) if sequence else (explained, None)
+    flat = b.op("Reshape", [logits, b.ints([0, -1])], "y_flat")
     target = TARGET_INPUT
     argmax = b.op("ArgMax", [flat], "argmax", axis=1, keepdims=0)
     use_argmax = b.op("Less", [target, b.const(0, dtype=np.int64)], "use_argmax")
@@ -283,7 +396,7 @@ def _seed(b: GraphBuilder, explained: str, init: str, rank: Optional[int] = None
     is_target = b.op("Equal", [b.unsqueeze(chosen, [1], "target_col"), classes], "is_target")
     value = flat if init == "logit" else b.const(1.0)
     seed_flat = b.op("Where", [is_target, value, b.const(0.0)], "seed_flat")
-    seed_flat = masked_seed(b, explained, value, seed_flat, rank)  # lrp_target_mask, where one is given
+    seed_flat = masked_seed(b, logits, value, seed_flat, 2 if sequence else rank)  # lrp_target_mask, if given
     total = b.reduce("ReduceSum", seed_flat, [1], keepdims=False, hint="total")
     # Relevance is linear in the seed (every rule maps R linearly for a fixed forward pass), so the backward pass
     # runs on a unit seed, seed / |total| per sample, and _unscale_outputs multiplies every relevance output back.
@@ -294,8 +407,11 @@ def _seed(b: GraphBuilder, explained: str, init: str, rank: Optional[int] = None
     is_zero = b.op("Equal", [magnitude, b.const(0.0)], "seed_is_zero")
     scale = b.op("Where", [is_zero, b.const(1.0), magnitude], "seed_scale")
     unit = b.op("Div", [seed_flat, b.unsqueeze(scale, [1], "seed_scale_col")], "seed_unit")
+    if sequence:
+        seed = b.op("Where", [mask, b.unsqueeze(unit, [1], "seed_row"), b.const(0.0)], "seed")
+        return seed, total, scale, logits
     seed = b.op("Reshape", [unit, b.op("Shape", [explained], "y_full_shape")], "seed")
-    return seed, total, scale
+    return seed, total, scale, logits
 
 
 def _blame_inconsistent_models(fn):
@@ -325,14 +441,16 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
             params: Optional[dict] = None, output: Optional[str] = None, init: str = "logit",
             node_relevance: Union[None, str, Sequence[str]] = None,
             max_constant_bytes: Optional[int] = None,
-            shapes: Optional[Mapping[str, Sequence[Optional[int]]]] = None) -> onnx.ModelProto:
-    """Compile a model into one graph computing its outputs plus the LRP relevance of every float input,
-    the bias relevance of every biased node, the stabilizer share and the total (seed) per sample. The compiled
-    graph accepts every input size the model accepts; `shapes` ({input: dims}, -1 for an axis left dynamic)
+            shapes: Optional[Mapping[str, Sequence[Optional[int]]]] = None,
+            sequence: Optional[bool] = None) -> onnx.ModelProto:
+    """Compile a model into one graph computing its outputs plus the LRP relevance of every float input (and of
+    token ids), the bias relevance of every biased node, the stabilizer share and the total (seed) per sample. The
+    compiled graph accepts every input size the model accepts; `shapes` ({input: dims}, -1 for an axis left dynamic)
     specialises it to one size first.
 
     max_constant_bytes (default 256 MiB) bounds every constant the compiler builds from declared dimensions (a
-    Gather on an axis declared 10^9 long, a Resize of a huge image): beyond it the node is refused in one line."""
+    Gather on an axis declared 10^9 long, a Resize of a huge image): beyond it the node is refused in one line.
+    sequence: explain one position of an (N, T, C) output (lrp_position); None decides (see is_sequence)."""
     node_relevance = check_compile_arguments(model, composite, params, output, init, node_relevance,
                                              max_constant_bytes)
     from .gradient import compile_gradient, is_gradient
@@ -356,12 +474,18 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
                      DEFAULT_MAX_CONSTANT_BYTES if max_constant_bytes is None else max_constant_bytes)
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     b.foreign = {name for name, info in index.infos.items() if info.is_float and info.elem_type != elem}
+    sequence = is_sequence(plan, sequence)
     explained_rank = len(explained_info.shape) if explained_info.shape is not None else None
-    seed, total, plan.seed_scale = _seed(b, plan.explained, init, explained_rank)
+    seed, total, plan.seed_scale, logits = _seed(b, plan.explained, init, explained_rank, sequence)
+    plan.logits = logits
     contributions: dict = {plan.explained: [seed]}
     bias_values, stab_values = {}, []
     relevance_of: dict = {}
+    plan.layouts = batch_layouts(index, plan.path, [i for i in index.graph_inputs if i in plan.path])
+    b.batch_input = next((i for i in index.graph_inputs if i in plan.path), None)
     for node in reversed(plan.nodes):
+        out = next((o for o in node.output if o in plan.layouts), node.output[0])
+        b.layout = plan.layouts.get(out, DEFAULT_LAYOUT)
         outs = [b.add_all(contributions[o], "R_sum") if contributions.get(o) else None for o in node.output]
         if all(r is None for r in outs):
             continue
@@ -379,7 +503,7 @@ def compile(model: Union[ModelLike, onnx.ModelProto], composite: Union[str, Comp
         except Exception as exc:  # an emitter bug must still name the node
             raise CompileError(f"node {node.name!r} ({node.op_type}, rule {rule.name}) failed to compile: "
                                f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
-        b.scope = "lrp/_"
+        b.scope, b.layout = "lrp/_", DEFAULT_LAYOUT
         for inp, r in zip(node.input, emitted.inputs):
             if r is not None and inp in plan.path:
                 contributions.setdefault(inp, []).append(r)
@@ -400,6 +524,8 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     elem = helper.np_dtype_to_tensor_dtype(b.dtype)
     meta = {"version": __version__, "composite": comp.name, "params": comp.params, "init": init,
             "output": plan.output, "explained": plan.explained, "target_input": TARGET_INPUT,
+            "position_input": POSITION_INPUT if plan.logits != plan.explained else None,
+            "tokens": sorted(plan.tokens.inputs),
             "target_mask_input": MASK_INPUT,
             "relevance": {}, "bias": {}, "stabilizer": "lrp/stabilizer", "total": "lrp/total",
             "logits": "lrp/output", "nodes": {}, "sums": {}, "node_stabilizer": {},
@@ -413,13 +539,14 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     b.scope = "lrp/_"
     for name in index.graph_inputs:
         info = index.info(name)
-        if info is None or not info.is_float:
+        if info is None or not (info.is_float or name in plan.tokens.inputs):
             continue
         out = f"lrp/relevance/{name}"
         parts = contributions.get(name)
         value = b.add_all(parts, "R_in") if parts else b.zeros_like(name, "R_in0")
         relevance_of[name] = value
-        out_type = elem if info.elem_type in LOW_PRECISION_FLOATS else info.elem_type  # see working_dtype
+        # token ids (int) get float relevance in the working dtype, one value per id
+        out_type = elem if (info.elem_type in LOW_PRECISION_FLOATS or not info.is_float) else info.elem_type
         if out_type != elem:
             value = b.op("Cast", [value], "R_cast", to=out_type)
         b.op_named("Identity", [value], out)
@@ -433,11 +560,14 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     stab = b.add_all([v for _, v in stab_values], "stab_total") if stab_values else b.zeros_like(total, "stab0")
     b.op_named("Identity", [stab], "lrp/stabilizer")
     b.op_named("Identity", [total], "lrp/total")
-    b.op_named("Identity", [plan.explained], "lrp/output")
+    b.op_named("Identity", [plan.logits], "lrp/output")
     for out in ("lrp/stabilizer", "lrp/total"):
         outputs.append(helper.make_tensor_value_info(out, elem, [None]))
     logits_info = index.info(plan.explained)
-    outputs.append(helper.make_tensor_value_info("lrp/output", elem, _dims(logits_info.shape if logits_info else None)))
+    logits_shape = logits_info.shape if logits_info else None
+    if logits_shape is not None and plan.logits != plan.explained:  # the row at lrp_position: (N, C)
+        logits_shape = (logits_shape[0], logits_shape[2])
+    outputs.append(helper.make_tensor_value_info("lrp/output", elem, _dims(logits_shape)))
     _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outputs, elem)
     outputs.extend(extra_outputs)
     meta.update(extra_meta or {})
@@ -454,8 +584,12 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     if batch is not None:
         target_vi.type.tensor_type.shape.dim[0].CopyFrom(batch)
     graph.input.append(target_vi)
+    if meta["position_input"]:  # optional: an initializer of the same name is its default, -1 (the last position)
+        graph.input.append(helper.make_tensor_value_info(POSITION_INPUT, onnx.TensorProto.INT64, [None]))
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], dtype=np.int64), POSITION_INPUT))
     explained_shape = index.info(plan.explained).shape
-    graph.input.append(mask_input_info(elem, len(explained_shape) if explained_shape is not None else None))
+    mask_rank = 2 if meta["position_input"] else len(explained_shape) if explained_shape is not None else None
+    graph.input.append(mask_input_info(elem, mask_rank))
     graph.output.extend(outputs)
     model.ir_version = source.ir_version
     prune_unused(model)
@@ -484,7 +618,11 @@ def _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outp
             value = relevance_of.get(name)
             if value is None:
                 continue
-            out = b.op_named("Identity", [b.per_sample_sum(value, "R_node_sum")], f"lrp/sum/{name}")
+            b.layout = plan.layouts.get(name, DEFAULT_LAYOUT)
+            info = plan.index.info(name)
+            rank = len(info.shape) if info is not None and info.shape is not None else None
+            out = b.op_named("Identity", [b.per_sample_sum(value, "R_node_sum", rank)], f"lrp/sum/{name}")
+            b.layout = DEFAULT_LAYOUT
             meta["sums"][name] = out
             outputs.append(helper.make_tensor_value_info(out, elem, [None]))
         _edge_sums(b, plan, meta, outputs, elem)
@@ -518,7 +656,11 @@ def _edge_sums(b, plan, meta, outputs, elem) -> None:
             continue
         meta["edges"][name] = {}
         for node_name, values in by_node.items():
-            total = b.per_sample_sum(b.add_all(values, "R_edge"), "R_edge_sum")
+            b.layout = plan.layouts.get(name, DEFAULT_LAYOUT)
+            info = plan.index.info(name)
+            rank = len(info.shape) if info is not None and info.shape is not None else None
+            total = b.per_sample_sum(b.add_all(values, "R_edge"), "R_edge_sum", rank)
+            b.layout = DEFAULT_LAYOUT
             # node 'a/b' reading 'c' and node 'a' reading 'b/c' would both be 'lrp/edge/a/b/c': the metadata maps
             # (tensor, node) to the output, so a second one gets a suffix
             out = b.op_named("Identity", [total], b.unused(f"lrp/edge/{node_name}/{name}"))

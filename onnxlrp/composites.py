@@ -17,7 +17,7 @@ from .errors import CompositeError, RuleParameterError
 from .rules import RULES, Rule, build_rule, rule_parameters
 
 GROUPS = ("dense", "convolution", "linear", "batchnorm", "affine", "activation", "sum", "avgpool", "maxpool",
-          "shape")
+          "shape", "product", "normalization", "softmax")
 GROUP_MEMBERS = {"linear": {"dense", "convolution", "batchnorm", "linear"}}
 SELECTORS = ("op", "group", "name", "name_regex", "position")
 ENTRY_KEYS = set(SELECTORS) | {"rule"}

@@ -37,9 +37,9 @@ class RuleParameterError(CompositeError):
 class UnsupportedModelError(OnnxLrpError):
     """The graph holds nodes that onnxlrp cannot explain; every such node is listed at once."""
 
-    def __init__(self, problems: Sequence["NodeProblem"]) -> None:
+    def __init__(self, problems: Sequence["NodeProblem"], lead: str = "") -> None:
         self.problems = list(problems)
-        super().__init__(format_node_problems(self.problems))
+        super().__init__(format_node_problems(self.problems, lead))
 
 
 class CompileError(OnnxLrpError):
@@ -78,8 +78,8 @@ class NodeProblem:
         return f"NodeProblem({self.op_type!r}, {self.name!r}, {self.reason!r})"
 
 
-def format_node_problems(problems: Iterable[NodeProblem]) -> str:
-    """Group problems by (op type, reason) into one line: 'Op x3 (a, b, c): reason'."""
+def format_node_problems(problems: Iterable[NodeProblem], lead: str = "") -> str:
+    """Group problems by (op type, reason) into one line: 'Op x3 (a, b, c): reason' (after `lead`, if given)."""
     problems = list(problems)
     groups: dict[tuple[str, str, str], list[str]] = {}
     for p in problems:
@@ -92,4 +92,6 @@ def format_node_problems(problems: Iterable[NodeProblem]) -> str:
             part += f" [{hint}]"
         parts.append(part)
     total = sum(Counter(p.op_type for p in problems).values())
+    if lead:
+        return f"{lead}: {total} such node(s): " + "; ".join(parts)
     return f"cannot explain this model, {total} unsupported node(s): " + "; ".join(parts)

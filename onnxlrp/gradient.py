@@ -115,7 +115,7 @@ def compile_gradient(model: Union[ModelLike, onnx.ModelProto], *, params: Option
     elem = helper.np_dtype_to_tensor_dtype(dtype)
     b.foreign = {name for name, info in index.infos.items() if info.is_float and info.elem_type != elem}
     explained_rank = len(explained_info.shape) if explained_info.shape is not None else None
-    seed, _, _ = _seed(b, plan.explained, "one", explained_rank)  # the one-hot (or mask) cotangent df/dy
+    seed, _, _, _ = _seed(b, plan.explained, "one", explained_rank)  # the one-hot (or mask) cotangent df/dy
     total = b.per_sample_sum(b.op("Mul", [seed, plan.explained], "logit_picked"), "logit")
     cotangents: dict = {plan.explained: [seed]}
     bias_values = {}

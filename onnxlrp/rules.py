@@ -241,6 +241,38 @@ class Pass(Rule):
 
 
 @dataclass(frozen=True)
+class Uniform(Rule):
+    """uniform (AttnLRP, Prop. 3.3) for a product of two run-time tensors z = a * b or a @ b: each factor gets half,
+    R_a = a * J_a^T s / 2, R_b = b * J_b^T s / 2 with s = R / stab(z) (elementwise: R_a = R_b = R / 2 at eps 0)."""
+
+    epsilon: float = 0.0
+    name = "uniform"
+
+    def __post_init__(self) -> None:
+        _check_eps(self.epsilon, "epsilon")
+
+
+@dataclass(frozen=True)
+class Gate(Rule):
+    """gate: one factor (a sigmoid gate, a normalisation statistic, the attention weights, a gated MLP's gate, or a
+    factor without relevance) is held constant; the rest is linear: R_x = x * J^T (R / stab(z)), R_gate = 0."""
+
+    epsilon: float = 0.0
+    name = "gate"
+
+    def __post_init__(self) -> None:
+        _check_eps(self.epsilon, "epsilon")
+
+
+@dataclass(frozen=True)
+class Taylor(Rule):
+    """taylor (Softmax, AttnLRP Prop. 3.1): gradient x input, R_x = x * (R - y * sum R) for y = softmax(x); the
+    remainder sum R - sum R_x is reported as the node's absorbed (bias) relevance."""
+
+    name = "taylor"
+
+
+@dataclass(frozen=True)
 class WinnerTakesAll(Rule):
     """wta (max pooling): the whole window's relevance goes to the position of its maximum (first on ties)."""
 
@@ -248,7 +280,7 @@ class WinnerTakesAll(Rule):
 
 
 RULES: dict = {cls.name: cls for cls in (Epsilon, Norm, ZPlus, AlphaBeta, Gamma, ZBox, WSquare, Flat, Pass,
-                                          WinnerTakesAll)}
+                                          WinnerTakesAll, Uniform, Gate, Taylor)}
 LINEAR_RULES = (Epsilon, Norm, ZPlus, AlphaBeta, Gamma, ZBox, WSquare, Flat)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from .compiled_options import refuse_other_options
-from .compiler import TARGET_INPUT, compile as compile_model, compiled_metadata
+from .compiler import POSITION_INPUT, TARGET_INPUT, compile as compile_model, compiled_metadata
 from .errors import ArgumentError, ArgumentTypeError, InputError, ModelLoadError, OnnxLrpError
 from .graph import ModelLike, inconsistency, load_model
 from .session_tuning import release_freed_memory, tune_options
@@ -21,6 +21,9 @@ from .targets import MASK_INPUT, build_mask
 from .trust import CONSERVATION_KEY, check_conservation, verify_digest
 
 _PROBE_LOCK = threading.Lock()
+# onnxruntime 1.31's FastGeluFusion fuses x * 0.5 * (1 + tanh(...)) (GPT-2's GELU) into one node and drops the
+# intermediate x * 0.5 although the relevance graph reads it ("Node input ... is not a graph input"): it stays off
+DISABLED_OPTIMIZERS = ["FastGeluFusion"]
 _CUDA_WORKS: Optional[bool] = None
 
 
@@ -131,9 +134,11 @@ class Explainer:
                  params: Optional[dict] = None, output: Optional[str] = None, init: Optional[str] = None,
                  providers: Optional[Sequence[str]] = None, node_relevance=None,
                  session_options=None, shapes: Optional[Mapping[str, Sequence[int]]] = None,
-                 max_constant_bytes: Optional[int] = None, threads: Optional[int] = None) -> None:
+                 max_constant_bytes: Optional[int] = None, threads: Optional[int] = None,
+                 sequence: Optional[bool] = None) -> None:
         """session_options: an onnxruntime.SessionOptions used as given (thread pools, graph optimisation level,
-        profiling, ...); threads: onnxruntime's intra-op thread count (None: onnxruntime's default, one per core)."""
+        profiling, ...); threads: onnxruntime's intra-op thread count (None: onnxruntime's default, one per core);
+        sequence: explain one position of an (N, T, C) output (None: decided by the compiler, see is_sequence)."""
         import onnxruntime as ort
         _check_explainer_arguments(model, providers)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
@@ -145,13 +150,16 @@ class Explainer:
         if meta is None:
             proto = compile_model(proto, composite or "epsilon_plus", params=params, output=output,
                                   init=init or "logit", node_relevance=node_relevance, shapes=shapes,
-                                  max_constant_bytes=max_constant_bytes)
+                                  max_constant_bytes=max_constant_bytes, sequence=sequence)
             meta = compiled_metadata(proto)
         else:  # a compiled model: an option that needs a new compilation is refused, not ignored
             refuse_other_options(meta, composite, params, output, init)
             if shapes:
                 raise OnnxLrpError("shapes= specialises a model while compiling it; this model is already compiled "
                                    "(compile the original with shapes=, or pass the compiled one without it)")
+            if sequence is not None and bool(sequence) != bool(meta.get("position_input")):
+                raise OnnxLrpError(f"this model is already compiled with sequence={not sequence}: "
+                                   f"sequence={sequence} needs a new compilation (explain the original model)")
             verify_digest(proto, meta, where)  # and a file edited after compilation is refused
         self.model = proto
         self.meta = meta
@@ -165,18 +173,19 @@ class Explainer:
         try:
             with _quiet_stderr():
                 self.session = ort.InferenceSession(os.fspath(model) if from_file else proto.SerializeToString(),
-                                                    options, providers=choose_providers(providers))
+                                                    options, providers=choose_providers(providers),
+                                                    disabled_optimizers=DISABLED_OPTIMIZERS)
         except Exception as exc:
             raise _session_error(source, exc) from None
         refuse_fallback(self.session, providers)
-        self._static_classes = _static_classes(proto, meta["explained"])
+        self._static_classes = _static_classes(proto, meta["explained"], bool(meta.get("position_input")))
         if from_file:
             self._model, self._model_path = None, os.fspath(model)
         model_bytes = proto.ByteSize()
         del proto, source
         release_freed_memory(model_bytes)
         self.provider = self.session.get_providers()[0]
-        self.inputs = [i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, MASK_INPUT)]
+        self.inputs = [i for i in self.session.get_inputs() if i.name not in (TARGET_INPUT, MASK_INPUT, POSITION_INPUT)]
         self._shapes: dict = {}  # input shapes -> explained output shape (see _output_shape)
         self._output_names = [o.name for o in self.session.get_outputs()]
 
@@ -234,20 +243,33 @@ class Explainer:
             raise InputError("the batch is empty")
         return feeds, batch
 
-    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None, *, target_mask=None, region=None,
-                channel=None, anchor=None, check: bool = True) -> Explanation:
+    @property
+    def sequence(self) -> bool:
+        """True when the explained output is a sequence (N, T, C) and explain() takes a position."""
+        return bool(self.meta.get("position_input"))
+
+    def explain(self, inputs, target: Union[None, int, Sequence[int]] = None,
+                position: Union[None, int, Sequence[int]] = None, *, target_mask=None, region=None, channel=None,
+                anchor=None, check: bool = True) -> Explanation:
         """Explain a batch: target None (argmax), one int for every sample, or N ints; or, for a dense output, the
         sum of the output over a mask: target_mask (shaped like the explained output, or without its batch axis),
         region=(y0, y1, x0, x1) and/or channel=k of a map, anchor=(anchor, class) (or one pair per sample) of a
         detection tensor (N, C, A) or (N, A, C) (see targets.py). The explained quantity is sum(M * output).
         With check (the default) the identity total = inputs + biases + stabilizer is verified for every sample
-        (ConservationError if it fails beyond rounding; the model's metadata may say that it promises none)."""
+        (ConservationError if it fails beyond rounding; the model's metadata may say that it promises none).
+        For a sequence output (N, T, C), position picks the explained position (one int or N ints, default -1: the
+        last); targets and masks then refer to the (N, C) logits at that position."""
         if not isinstance(check, bool):
             raise ArgumentTypeError(f"check must be True or False, got {type(check).__name__}")
         classes = self._classes()
         if classes == 0:
             raise InputError(f"output {self.meta['output']!r} has no classes: nothing to explain")
         feeds, batch = self._feeds(inputs)
+        if self.sequence:
+            feeds[POSITION_INPUT] = self._positions(position, batch)
+        elif position is not None:
+            raise InputError(f"position applies to sequence outputs (N, T, C); output {self.meta['output']!r} is "
+                             f"not one")
         masked = any(v is not None for v in (target_mask, region, channel, anchor))
         mask = None
         if masked:
@@ -264,6 +286,8 @@ class Explainer:
         except Exception as exc:
             self._check_rows(self._forward_logits(feeds), batch)  # the seed cannot pick a target per sample
             raise InputError(f"onnxruntime rejected the inputs: {_one_line(exc)}") from None
+        if self.sequence:
+            self._check_positions(feeds[POSITION_INPUT], values[self.meta["output"]])
         logits = values[self.meta["logits"]]
         self._check_rows(logits, batch)
         flat = logits.reshape(batch, -1)
@@ -293,7 +317,8 @@ class Explainer:
 
     def _inferred_output_shape(self, feeds: dict) -> Optional[tuple]:
         """The explained output's shape by ONNX shape inference on the weightless compiled graph with the inputs'
-        dims fixed to these feeds' (a fraction of a forward pass), None where inference cannot tell."""
+        dims fixed to these feeds' (a fraction of a forward pass; a sequence's (N, C) row at the position), None
+        where inference cannot tell."""
         from onnx import shape_inference
 
         from .shapes import weightless
@@ -306,6 +331,8 @@ class Explainer:
         for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
             if vi.name == self.meta["explained"]:
                 dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+                if self.sequence and len(dims) == 3:  # the logits at lrp_position: (N, C)
+                    dims = [dims[0], dims[2]]
                 return tuple(dims) if dims and all(d > 0 for d in dims) else None
         return None
 
@@ -390,6 +417,28 @@ class Explainer:
                              f"has {classes} classes")
         return array
 
+    def _positions(self, position, batch: int) -> np.ndarray:
+        """Positions as (N,) int64 (negative ones count from the end); None is -1, the last position."""
+        if position is None:
+            return np.full(batch, -1, dtype=np.int64)
+        array = np.asarray(position)
+        if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.ndim > 1:
+            raise InputError(f"position must be one int or one int per sample, got {position!r}")
+        array = array.astype(np.int64).reshape(-1)
+        if array.size == 1:
+            array = np.full(batch, int(array[0]), dtype=np.int64)
+        if array.size != batch:
+            raise InputError(f"got {array.size} positions for a batch of {batch}")
+        return array
+
+    def _check_positions(self, positions: np.ndarray, output: np.ndarray) -> None:
+        """Every position must lie in [-T, T) for the sequence length T of the explained output."""
+        length = output.shape[1] if output.ndim >= 2 else 0
+        bad = positions[(positions >= length) | (positions < -length)]
+        if bad.size:
+            raise InputError(f"position {int(bad[0])} is out of range: output {self.meta['output']!r} has "
+                             f"{length} positions")
+
     def _classes(self) -> Optional[int]:
         """Number of classes of the explained output if static."""
         for out in self.session.get_outputs():
@@ -445,11 +494,12 @@ def _check_explainer_arguments(model, providers) -> None:
                             f"{', '.join(ort.get_all_providers()[:6])}, ...)")
 
 
-def _static_classes(model: onnx.ModelProto, name: str) -> Optional[int]:
-    """Number of classes of a value from the model's declared outputs/value_info, None if unknown."""
+def _static_classes(model: onnx.ModelProto, name: str, sequence: bool = False) -> Optional[int]:
+    """Number of classes of a value from the model's declared outputs/value_info (a sequence's last axis), None if
+    unknown."""
     for vi in list(model.graph.output) + list(model.graph.value_info):
         if vi.name == name and vi.type.HasField("tensor_type"):
-            dims = vi.type.tensor_type.shape.dim[1:]
+            dims = vi.type.tensor_type.shape.dim[-1 if sequence else 1:]
             if dims and all(d.HasField("dim_value") for d in dims):
                 return int(np.prod([d.dim_value for d in dims]))
     return None

@@ -45,7 +45,9 @@ GENERATOR_OPS = ("ConstantOfShape", "Expand", "Range", "Tile", "OneHot")
 def data_propagation_is_safe(model: onnx.ModelProto) -> bool:
     """False when ONNX's data propagation could materialise a huge vector: the graph holds a generator op and some
     declared tensor has more than DATA_PROPAGATION_MAX elements, or an integer initializer is that long or holds a
-    value that large (shape inference then runs without data propagation)."""
+    value that large (shape inference then runs without data propagation). A value read only as a Slice's starts,
+    ends, axes or steps (the exporters' 'to the end' INT64_MAX) materialises nothing: a slice is never larger than
+    its input."""
     graph = model.graph
     if not any(n.op_type in GENERATOR_OPS for n in graph.node):
         return True
@@ -53,8 +55,9 @@ def data_propagation_is_safe(model: onnx.ModelProto) -> bool:
         dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
         if math.prod(dims) > DATA_PROPAGATION_MAX:
             return False
+    bounds_only = _slice_bounds_only(graph)
     for tensor in graph.initializer:
-        if tensor.data_type in FLOAT_STUBS:
+        if tensor.data_type in FLOAT_STUBS or tensor.name in bounds_only:
             continue
         if math.prod(tensor.dims) > DATA_PROPAGATION_MAX:
             return False
@@ -65,6 +68,15 @@ def data_propagation_is_safe(model: onnx.ModelProto) -> bool:
         if values.size and values.dtype.kind in "iu" and np.abs(values.astype(np.float64)).max() > DATA_PROPAGATION_MAX:
             return False
     return True
+
+
+def _slice_bounds_only(graph: onnx.GraphProto) -> set:
+    """Names of the values that every consumer reads as a Slice's starts / ends / axes / steps (inputs 1-4)."""
+    uses: dict = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            uses.setdefault(name, []).append(node.op_type == "Slice" and k >= 1)
+    return {name for name, bound in uses.items() if all(bound)}
 
 
 def annotate_shapes(model: onnx.ModelProto) -> None:

@@ -92,3 +92,20 @@ def zennit():
     import zennit.canonizers  # noqa: F401
     return zn
 
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """get(kind, exporter) -> path of the tiny transformer's export (transformer_models.CASES), made once per
+    session ('legacy' or 'dynamo')."""
+    folder = tmp_path_factory.mktemp("transformers")
+    cache: dict = {}
+
+    def get(kind: str, exporter: str):
+        if (kind, exporter) not in cache:
+            _install_torchvision_stub()
+            from transformer_models import CASES, export
+            case = CASES[kind]
+            path = folder / f"{kind}_{exporter}.onnx"
+            cache[(kind, exporter)] = export(case.build(), kind, case.inputs, path, exporter == "dynamo")
+        return cache[(kind, exporter)]
+    return get

@@ -65,7 +65,8 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
 
 def forward(model: onnx.ModelProto, feeds: dict) -> list:
     """All outputs of a model run in onnxruntime."""
-    return session(model).run(None, {k: np.asarray(v, dtype=np.float32) for k, v in feeds.items()})
+    return session(model).run(None, {k: np.asarray(v) if np.asarray(v).dtype.kind in "iub" else
+                                     np.asarray(v, dtype=np.float32) for k, v in feeds.items()})
 
 
 def linearise(model: onnx.ModelProto, name: str, shape: Sequence, feeds: Optional[dict] = None,

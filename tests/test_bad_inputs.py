@@ -204,19 +204,20 @@ def _dense_around(middle: list, width: int = 5, extra_inits=(), opsets=(("", 17)
 
 
 def test_every_unsupported_node_is_listed_at_once_with_counts_and_hints():
-    middle = [helper.make_node("LayerNormalization", ["h", "s", "o"], ["n1"], name="ln1", axis=-1),
-              helper.make_node("Softmax", ["n1"], ["n2"], name="softmax_mid", axis=-1),
-              helper.make_node("LayerNormalization", ["n2", "s", "o"], ["n3"], name="ln2", axis=-1),
+    middle = [helper.make_node("Hardmax", ["h"], ["n1"], name="hm1", axis=-1),
+              helper.make_node("LogSoftmax", ["n1"], ["n2"], name="logsoftmax_mid", axis=-1),
+              helper.make_node("Hardmax", ["n2"], ["n3"], name="hm2", axis=-1),
               helper.make_node("Einsum", ["n3"], ["m"], name="einsum", equation="ij->ij")]
-    model = _dense_around(middle, extra_inits=[const("s", np.ones(5)), const("o", np.zeros(5))])
+    model = _dense_around(middle)
     with pytest.raises(UnsupportedModelError) as info:
         compile_model(model)
     message = str(info.value)
     assert message.startswith("cannot explain this model, 4 unsupported node(s): ")
-    assert "LayerNormalization x2 (ln1, ln2): no relevance rule for this op" in message
-    assert "Softmax x1 (softmax_mid): no relevance rule for this op [only a Softmax on the explained output" in message
+    assert "Hardmax x2 (hm1, hm2): no relevance rule for this op" in message
+    assert ("LogSoftmax x1 (logsoftmax_mid): no relevance rule for this op [only a LogSoftmax on the explained "
+            "output") in message
     assert "Einsum x1 (einsum): no relevance rule for this op [rewrite the contraction as MatMul or Gemm" in message
-    assert [p.name for p in info.value.problems] == ["ln1", "softmax_mid", "ln2", "einsum"]
+    assert [p.name for p in info.value.problems] == ["hm1", "logsoftmax_mid", "hm2", "einsum"]
     assert "\n" not in message
 
 

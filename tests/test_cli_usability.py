@@ -223,8 +223,9 @@ def test_error_messages_name_the_culprit(tmp_path):
     assert _error(_run("compile", MLP, "-o", out, "-c", "epsilon_gamma_box", "--set", "gamma=-0.5")) == \
         "error: parameter gamma=-0.5 of composite 'epsilon_gamma_box': gamma must be a finite number >= 0, got -0.5"
     assert _error(_run("compile", MLP, "-o", out, "-c", "epsilonplus")) == \
-        ("error: unknown composite 'epsilonplus' (did you mean epsilon_plus? built-in: epsilon, epsilon_alpha2_beta1, "
-         "epsilon_alpha2_beta1_flat, epsilon_gamma_box, epsilon_plus, epsilon_plus_flat, zero; or a path to a .toml)")
+        ("error: unknown composite 'epsilonplus' (did you mean epsilon_plus? built-in: attnlrp, cp_lrp, epsilon, "
+         "epsilon_alpha2_beta1, epsilon_alpha2_beta1_flat, epsilon_gamma_box, epsilon_plus, epsilon_plus_flat, zero; "
+         "or a path to a .toml)")
     assert not out.exists()
 
 

@@ -203,40 +203,6 @@ def _weight(model, name):
     return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
 
 
-def test_product_of_two_activations_is_refused():
-    """x * relu(x) is no gate: reported with the node's name and the reason."""
-    from onnxlrp.errors import UnsupportedModelError
-    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"], name="prod")]
-    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", [None, None])])
-    with pytest.raises(UnsupportedModelError, match=r"Mul x1 \(prod\): both operands carry data"):
-        explain_dense(model, {"x": np.ones((1, 3))}, np.ones((1, 3), np.float32))
-
-
-@pytest.mark.parametrize("nodes,message", [
-    ([helper.make_node("Clip", ["x", "lo", "hi"], ["r"]), helper.make_node("Mul", ["x", "r"], ["y"], name="prod")],
-     r"Mul x1 \(prod\): both operands carry data"),  # ReLU6 of x itself (no shift) is an activation, not a gate
-    ([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Div", ["x", "r"], ["y"], name="prod")],
-     r"Div x1 \(prod\): both operands carry data \(dividing by an activation is not linear")],
-    ids=["relu6_no_shift", "div_by_activation"])
-def test_products_that_are_no_gates_are_refused(nodes, message):
-    """A product of two activations that no gate spelling matches is refused with the node's name."""
-    from onnxlrp.errors import UnsupportedModelError
-    inits = {"lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)}
-    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", [None, None])], inits)
-    with pytest.raises(UnsupportedModelError, match=message):
-        explain_dense(model, {"x": np.ones((1, 3))}, np.ones((1, 3), np.float32))
-
-
-def test_product_of_two_gates_is_refused():
-    """sigmoid(x) * sigmoid(x): no operand is the signal."""
-    from onnxlrp.errors import UnsupportedModelError
-    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("HardSigmoid", ["x"], ["h"]),
-             helper.make_node("Mul", ["s", "h"], ["y"], name="gates")]
-    model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", [None, None])])
-    with pytest.raises(UnsupportedModelError, match=r"Mul x1 \(gates\): both operands are gates"):
-        explain_dense(model, {"x": np.ones((1, 3))}, np.ones((1, 3), np.float32))
-
-
 def test_gate_broadcasting_the_signal():
     """A (N, C, 1, 1) signal times a (N, C, H, W) gate: the signal receives R summed over the copies."""
     nodes = [helper.make_node("Sigmoid", ["g"], ["gate"]), helper.make_node("Mul", ["s", "gate"], ["y"])]
@@ -254,7 +220,8 @@ def test_gate_broadcasting_the_signal():
 @pytest.mark.parametrize("offset_first", [False, True])
 def test_runtime_offset_is_a_bias(op, offset_first):
     """x + o and x - o (or o - x) with o computed at run time from shapes (a detector's anchor grid): the epsilon
-    rule with o as the bias, R_x = +-x * s, R_o = +-o * s (reported as the node's bias relevance), s = R / stab(y)."""
+    rule with o as the bias, R_x = +-x * s, R_o = +-o * s (reported as the node's bias relevance, summed over all axes
+    but the batch and the last one as every absorbed share), s = R / stab(y)."""
     mk = helper.make_node
     inits = {"one": np.array(1, np.int64), "zero": np.array(0, np.int64), "ax": np.array([2], np.int64)}
     nodes = [mk("Shape", ["x"], ["s"]), mk("Gather", ["s", "ax"], ["w"]), mk("Squeeze", ["w"], ["wn"]),
@@ -271,5 +238,5 @@ def test_runtime_offset_is_a_bias(op, offset_first):
     sign_x = -1.0 if (op == "Sub" and offset_first) else 1.0
     sign_o = -1.0 if (op == "Sub" and not offset_first) else 1.0
     assert_close(res.relevance["x"], sign_x * x * s, 1e-5)
-    assert_close(res.bias["offset_op"], (sign_o * o * s).reshape(2, -1), 1e-5)
+    assert_close(res.bias["offset_op"], (sign_o * o * s).sum(axis=1), 1e-5)  # rows (N, last axis), see absorbed_row
     assert res.conservation_error(R) < 1e-5

@@ -107,7 +107,8 @@ class EmitterSpec:
     group: Callable[[NodeView], str]
     rules: object  # tuple of rule classes, or a function NodeView -> tuple
     check: Optional[Callable[[NodeView], Optional[str]]] = None  # returns a reason when the node is unsupported
-    silent: Optional[Callable[[NodeView], set]] = None  # inputs that never receive relevance (a gate's branch)
+    # inputs that never receive relevance under the node's rule (None before rules are assigned): a gate's branch
+    silent: Optional[Callable[[NodeView, Optional[Rule]], set]] = None
     domain: str = ""  # the op's domain ('' is ONNX's default domain, 'ai.onnx.ml' the classical-ML one)
 
 
@@ -157,4 +158,5 @@ def _load_families() -> None:
     if _LOADED is True:
         return
     _LOADED = True
-    from . import arithmetic, elementwise, linear, ml, pooling, shape  # noqa: F401
+    from . import (arithmetic, attention, elementwise, linear, ml, normalization, pooling,  # noqa: F401
+                   products, shape)

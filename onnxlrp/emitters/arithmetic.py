@@ -1,6 +1,7 @@
-"""Sums and affine arithmetic: Add/Sub/Mul/Div of an activation and a constant (linear, any rule), sums of
-activations (Add, Sub, Sum: Norm rule, R_i = x_i * J_i^T (R / stab(y)), broadcasting allowed), and a signal times
-a gate (Mul: all relevance to the signal)."""
+"""Sums and affine arithmetic: Add/Sub of an activation and a constant (linear, any rule), sums of activations
+(Add, Sub, Sum: Norm rule, R_i = x_i * J_i^T (R / stab(y)), broadcasting allowed), and Add/Sub of an activation and
+a run-time value without relevance (an attention mask, a position embedding gathered at run time), which absorbs
+its share like a bias. Mul/Div (constants, gates, products) live in products.py, the one product emitter."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from ..builder import GraphBuilder
-from ..rules import LINEAR_RULES, Pass, Rule
+from ..rules import LINEAR_RULES, Epsilon, Norm, Rule
 from . import Emitted, NodeView, register
 from .linear import emit_affine
 from .shape import unbroadcast
@@ -74,35 +75,58 @@ def _check_broadcast(view: NodeView) -> Optional[str]:
     return None
 
 
-def _sum_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list, signs: list,
-              offset: Optional[int] = None) -> Emitted:
+def _sum_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list, signs: list) -> Emitted:
     """Norm over a sum y = sum_i sign_i x_i: s = R / stab(y), R_i = sign_i * x_i * J_i^T s (J_i^T sums s over the
-    axes x_i was broadcast along); stabilizer share s * eps * sgn0(y). The operand at position `offset` (a run-time
-    offset that carries no relevance) is a bias: sign * x * s, per output position, is its relevance (N, units)."""
+    axes x_i was broadcast along); stabilizer share s * eps * sgn0(y)."""
     eps = rule.groups()[0].eps
     y = view.outputs[0]
     s, share = b.normalize(R[0], y, eps)
     out_shape = view.shape(y)
-    rel, bias = [], None
-    for k, (name, sign) in enumerate(zip(view.inputs, signs)):
-        if k == offset:
-            r = b.op("Mul", [name, s], "r_offset")
-            r = r if sign == 1 else b.op("Neg", [r], "r_offset_neg")
-            bias = b.op("Reshape", [r, b.ints([0, -1])], "R_b")
-            rel.append(None)
-            continue
+    rel = []
+    for name, sign in zip(view.inputs, signs):
         x_shape = view.shape(name)
         s_x = s if x_shape == out_shape else unbroadcast(b, s, name, x_shape, len(out_shape))
         r = b.op("Mul", [name, s_x], "r_in")
         rel.append(r if sign == 1 else b.op("Neg", [r], "r_in_neg"))
-    stab = b.per_sample_sum(share, "stab_sum")
-    return Emitted(rel, bias, stab)
+    stab = b.per_sample_sum(share, "stab_sum", len(out_shape))
+    return Emitted(rel, None, stab)
 
 
 def _norm_rules() -> tuple:
     """Rules a sum accepts: Norm and Epsilon (the same form)."""
-    from ..rules import Epsilon, Norm
     return (Norm, Epsilon)
+
+
+def absorbed_row(b: GraphBuilder, value: str, rank: int, hint: str = "absorbed") -> str:
+    """(N, ...) relevance a node keeps -> its (N, units) report row: summed over every axis but the batch axis and
+    the last one (rank 1: one unit)."""
+    if rank == 1:
+        return b.unsqueeze(b.per_sample_sum(value, hint, 1), [1], hint)
+    axes = b.batch_axes_but(rank, (rank - 1,))
+    if b.layout.axis == rank - 1:  # the batch is the last axis: one unit
+        axes = b.batch_axes_but(rank)
+    reduced = b.reduce("ReduceSum", value, axes, keepdims=True, hint=hint) if axes else value
+    return b.to_rows(reduced, rank, hint)
+
+
+def _absorbing_sum(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
+    """y = x +- c with c computed at run time without relevance: R_x = x * J^T (R / stab(y)) as for a bias, and
+    c's share R - R_x - stabilizer share (= +-c * s, computed so it stays finite where c is -inf) reported as the
+    node's bias, summed to (N, last axis) rows as every absorbed share is (absorbed_row)."""
+    eps = rule.groups()[0].eps
+    y = view.outputs[0]
+    s, share = b.normalize(R[0], y, eps)
+    x = next(n for n in view.inputs if view.is_relevant(n))
+    sign = -1 if view.op_type == "Sub" and x == view.inputs[1] else 1
+    out_shape = view.shape(y)
+    r_full = b.op("Mul", [x, s], "r_in")
+    if sign == -1:
+        r_full = b.op("Neg", [r_full], "r_in_neg")
+    kept = b.op("Sub", [b.op("Sub", [R[0], r_full], "R_rest"), share], "R_absorbed")
+    x_shape = view.shape(x)
+    r_x = r_full if tuple(x_shape) == tuple(out_shape) else unbroadcast(b, r_full, x, x_shape, len(out_shape))
+    rel = [r_x if n == x else None for n in view.inputs]
+    return Emitted(rel, absorbed_row(b, kept, len(out_shape)), b.per_sample_sum(share, "stab_sum", len(out_shape)))
 
 
 def _add_rules(view: NodeView) -> tuple:
@@ -113,11 +137,14 @@ def _add_rules(view: NodeView) -> tuple:
 @register(("Add", "Sub"), group=_group, rules=_add_rules, check=_check_add)
 def emit_add(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """Add/Sub of a constant: affine linear node; of two activations: the Norm rule; of an activation and a
-    run-time offset: the epsilon rule with the offset as the bias, R_x = x * s, R_offset = offset * s."""
+    run-time offset without relevance (a detector's anchor grid, an attention mask): the epsilon rule with the
+    offset as the bias, R_x = x * s, R_offset = offset * s (summed over all axes but the batch and the last)."""
     if _constant_operand(view):
         return emit_affine(b, view, rule, R)
+    if runtime_offset(view) is not None:
+        return _absorbing_sum(b, view, rule, R)
     signs = [1, -1] if view.op_type == "Sub" else [1, 1]
-    return _sum_norm(b, view, rule, R, signs, runtime_offset(view))
+    return _sum_norm(b, view, rule, R, signs)
 
 
 def _check_sum(view: NodeView) -> Optional[str]:
@@ -133,18 +160,11 @@ def emit_sum(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     return _sum_norm(b, view, rule, R, [1] * len(view.inputs))
 
 
-def _check_scale(view: NodeView) -> Optional[str]:
-    """Mul/Div: by a constant, or a signal scaled by a gate or a run-time weight (see gate_split); a product of two
-    other activations is not linear."""
-    if _constant_operand(view):
-        return _check_broadcast(view)
-    if gate_split(view) is not None:
-        return None
-    if view.op_type == "Div":
-        if not view.is_relevant(view.inputs[0]):
-            return "dividing a constant by an activation is not linear"
-        return "both operands carry data (dividing by an activation is not linear; only by 1 + exp(-u) is)"
-    return _check_gate(view)
+def check_constant_scale(view: NodeView) -> Optional[str]:
+    """Mul/Div by a constant: the constant must broadcast to the activation's shape without enlarging it."""
+    if view.op_type == "Div" and not view.is_relevant(view.inputs[0]):
+        return "dividing a constant by an activation is not linear"
+    return _check_broadcast(view)
 
 
 # ---- gates ----------------------------------------------------------------------------------------------------
@@ -242,7 +262,7 @@ def _with_one_constant_any(view: NodeView, node) -> Optional[tuple]:
     return values[k], node.input[1 - k]
 
 
-def _one_plus_exp_neg(view: NodeView, name: str) -> bool:
+def one_plus_exp_neg(view: NodeView, name: str) -> bool:
     """True for 1 + exp(-u) (the denominator of a sigmoid written out): Add(Exp(Neg(u) or -1 * u), 1)."""
     node = view.index.producer.get(name)
     if node is None or node.op_type != "Add" or len(node.input) != 2:
@@ -292,78 +312,9 @@ def _gate_node(view: NodeView, node, shifted: bool) -> Optional[str]:
     inner = _bounded_below_zero(view, node)
     if inner is not None and _through_constants(view, inner)[1]:
         return "HardSigmoid"  # clip(a u + b, 0, c): a hard-sigmoid up to the constant scale c
-    if node.op_type == "Reciprocal" and _one_plus_exp_neg(view, node.input[0]):
+    if node.op_type == "Reciprocal" and one_plus_exp_neg(view, node.input[0]):
         return "Sigmoid"
     numerator = _scalar(view, node.input[0]) if node.op_type == "Div" else None
-    if numerator is not None and numerator > 0 and _one_plus_exp_neg(view, node.input[1]):
+    if numerator is not None and numerator > 0 and one_plus_exp_neg(view, node.input[1]):
         return "Sigmoid"
     return None
-
-
-def gate_split(view: NodeView) -> Optional[tuple]:
-    """(signal position, gate kind) of a product that scales a signal without mixing activations, None otherwise:
-    a Mul of a signal and a gate (see gate_of); a Div of a signal by 1 + exp(-u) (a swish written x / (1 + e^-u));
-    a Mul or Div of a signal by a run-time value that carries no relevance (kind "weight": a scale computed from
-    shapes, such as a detector's anchor strides)."""
-    if view.op_type not in ("Mul", "Div") or len(view.inputs) != 2 or _constant_operand(view):
-        return None
-    relevant = [view.is_relevant(n) for n in view.inputs]
-    if relevant.count(True) == 1 and all(view.const(n) is None for n in view.inputs):
-        signal = relevant.index(True)
-        return (signal, "weight") if view.op_type == "Mul" or signal == 0 else None
-    if view.op_type == "Div":
-        return (0, "Sigmoid") if relevant[0] and _one_plus_exp_neg(view, view.inputs[1]) else None
-    gates = [gate_of(view, n) for n in view.inputs]
-    if (gates[0] is None) == (gates[1] is None):
-        return None
-    signal = 0 if gates[0] is None else 1
-    return signal, gates[1 - signal]
-
-
-def _check_gate(view: NodeView) -> Optional[str]:
-    """A Mul of two activations is explained only when one of them is a gate."""
-    if gate_split(view) is not None:
-        return None
-    if all(gate_of(view, n) for n in view.inputs):
-        return "both operands are gates (Sigmoid / HardSigmoid); no operand is the signal"
-    return "both operands carry data (a product of two activations is not linear; only signal * gate is)"
-
-
-def _mul_group(view: NodeView) -> str:
-    """'activation' for signal * gate (swish, hard-swish, GELU, squeeze-excitation), else 'affine'."""
-    return "activation" if gate_split(view) is not None else "affine"
-
-
-def _mul_rules(view: NodeView) -> tuple:
-    """Pass for signal * gate, any linear rule for a product with a constant."""
-    return (Pass,) if gate_split(view) is not None else LINEAR_RULES
-
-
-def _gate_branch(view: NodeView) -> set:
-    """The gate operand of signal * gate: its branch receives no relevance (and needs no rule)."""
-    split = gate_split(view)
-    return {view.inputs[1 - split[0]]} if split is not None else set()
-
-
-@register(("Mul", "Div"), group=_mul_group, rules=_mul_rules, check=_check_scale, silent=_gate_branch)
-def emit_mul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """Mul / Div by a constant: an elementwise linear node. Signal * gate (x * sigmoid(.), x * hardsigmoid(.) in
-    any spelling, GELU's x * (1 + erf(x / sqrt 2)) / 2, a squeeze-excitation scale, x / (1 + exp(-x)), a run-time
-    weight that carries no relevance): the gate is taken as a constant weight on the
-    signal, so all relevance goes to the signal, R_signal = R_y (as Pass), and none into the gate's branch. This
-    keeps the conv/dense rules in charge of the features and treats gating like an activation (Zennit's choice
-    for activations); the gate branch's nodes receive no relevance."""
-    split = gate_split(view)
-    if split is None:
-        return emit_affine(b, view, rule, R)
-    signal, _ = split
-    rel = [None, None]
-    name = view.inputs[signal]
-    if not view.is_relevant(name):  # a signal computed without the inputs (a recurrent layer's bias copy): absorbed
-        return Emitted(rel, b.op("Reshape", [R[0], b.ints([0, -1])], "R_absorbed"))
-    x_shape, out_shape = view.shape(name), view.shape(view.outputs[0])
-    broadcast = x_shape is not None and out_shape is not None and tuple(x_shape) != tuple(out_shape)
-    rel[signal] = unbroadcast(b, R[0], name, x_shape, len(out_shape)) if broadcast else R[0]
-    return Emitted(rel)
-
-

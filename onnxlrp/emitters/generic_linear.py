@@ -405,13 +405,13 @@ def _shared_positive(b: GraphBuilder, plan: GroupPlan, op, shared: dict, c: floa
     return (q, 1.0), np.zeros(1)
 
 
-def _bias_axes(op) -> list:
+def _bias_axes(op, batch_axis: int = 0) -> list:
     """Axes of z (but the batch axis) along which the bias is constant: its relevance is summed over them."""
     bias = pad_rank(op.bias, op.z_rank)
     rank = op.z_rank if op.z_rank is not None else bias.ndim
-    axes = [i for i in range(1, rank) if i >= rank - bias.ndim and bias.shape[i - (rank - bias.ndim)] == 1]
-    axes += [i for i in range(1, rank - bias.ndim)]
-    return sorted(set(axes))
+    axes = [i for i in range(rank) if i >= rank - bias.ndim and bias.shape[i - (rank - bias.ndim)] == 1]
+    axes += [i for i in range(rank - bias.ndim)]
+    return sorted(set(axes) - {batch_axis})
 
 
 def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
@@ -442,7 +442,7 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
                 backs.setdefault(part.input, []).append((part, op.transpose(b, s, key)))
         reduced = None
         if plan.bias_total is not None:
-            axes = _bias_axes(op)
+            axes = _bias_axes(op, b.layout.axis if op.z_rank is not None else 0)
             reduced = b.reduce("ReduceSum", s, axes, keepdims=True, hint="s_red") if axes else s
             factor = pad_rank(group.coeff * plan.bias_total, op.z_rank)
             bias_parts.append(b.op("Mul", [reduced, b.const(factor)], "r_bias"))
@@ -470,7 +470,9 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
     R_b = None
     if bias_parts:
         R_b = b.add_all(bias_parts, "R_b_full")
-        if op.z_rank != 2:  # (N, units, 1, ...) -> (N, units)
+        if op.z_rank is not None and (b.layout.axis != 0 or b.layout.merged):  # the batch moved: (N, units)
+            R_b = b.to_rows(R_b, op.z_rank, "R_b")
+        elif op.z_rank != 2:  # (N, units, 1, ...) -> (N, units)
             R_b = b.op("Reshape", [R_b, b.ints([0, -1])], "R_b")
     stab = b.add_all(stab_parts, "stab_all") if stab_parts else None
     return R_x, R_b, stab

@@ -15,8 +15,8 @@ from typing import Optional
 import numpy as np
 
 from ..builder import GraphBuilder
+from ..rules import LINEAR_RULES, Epsilon, Norm, Pass, Rule
 from ..specialise import NeedsStaticSize
-from ..rules import LINEAR_RULES, Pass, Rule
 from . import Emitted, NodeView, register
 from .generic_linear import basis, emit_linear, weight_value
 from .geometry import explicit_pads
@@ -338,8 +338,8 @@ def emit_gemm(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     return Emitted(rel[: len(view.inputs)], R_b, stab)
 
 
-def _check_matmul(view: NodeView) -> Optional[str]:
-    """MatMul is linear when one operand is a 2-D constant."""
+def check_matmul_constant(view: NodeView) -> Optional[str]:
+    """MatMul is linear when one operand is a 2-D constant (products.py registers MatMul and dispatches here)."""
     a, w = view.inputs
     if view.is_relevant(a) and view.const(w) is not None:
         return None if view.const(w).ndim == 2 else "its constant operand is not 2-D"
@@ -348,7 +348,6 @@ def _check_matmul(view: NodeView) -> Optional[str]:
     return "both operands carry data (a product of two activations is not linear)"
 
 
-@register("MatMul", group="dense", rules=LINEAR_RULES, check=_check_matmul)
 def emit_matmul(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """MatMul with a constant operand as a dense linear node without bias."""
     op = matmul_op(view)
@@ -587,8 +586,12 @@ def affine_op(view: NodeView) -> LinearOp:
 
 
 def emit_affine(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """An activation combined with a constant (bias add, scaling) as an elementwise linear node."""
+    """An activation combined with a constant (bias add, scaling) as an elementwise linear node. A scale under
+    LRP-0 (epsilon 0) is the identity, R_x = x * w * R / (x * w) = R: no division."""
     op = affine_op(view)
+    if op.bias is None and isinstance(rule, (Epsilon, Norm)) and rule.groups()[0].eps == 0.0 and \
+            np.all(op.weight != 0):
+        return Emitted([R[0], None] if op.x == view.inputs[0] else [None, R[0]])
     R_x, R_b, stab = emit_linear(b, view, rule, R[0], op)
     rel = [R_x, None] if op.x == view.inputs[0] else [None, R_x]
     return Emitted(rel, R_b, stab)

@@ -10,8 +10,9 @@ import numpy as np
 from ..builder import GraphBuilder
 from ..errors import CompileError
 from ..rules import Pass, Rule
-from ..specialise import NeedsStaticSize, StaticSizeError
+from ..specialise import StaticSizeError
 from . import Emitted, NodeView, register
+from .embedding import check_embedding, emit_embedding, is_embedding
 from .interpolation import resize_matrix
 from .resize_dynamic import block_sum, is_block_copy, matrix_transpose_along, runtime_matrix
 from .runtime_sizes import dims, int_max, int_min, known, require_opset
@@ -191,7 +192,8 @@ def _check_concat(view: NodeView) -> Optional[str]:
 
 @register("Concat", group="shape", rules=(Pass,), check=_check_concat)
 def emit_concat(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
-    """R_x_i = the slice of R_y that input i filled: one Split when sizes are static, Slices from Shape otherwise."""
+    """R_x_i = the slice of R_y that input i filled: one Split when sizes are static, Slices from Shape otherwise;
+    the slices of inputs without relevance (a ViT's cls token) are reported as the node's absorbed relevance."""
     rank = len(view.shape(view.outputs[0]) or view.shape(next(i for i in view.inputs if view.shape(i))))
     axis = view.attr("axis") % rank
     sizes = [(view.shape(i) or (None,) * rank)[axis] for i in view.inputs]
@@ -208,7 +210,12 @@ def emit_concat(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
             end = b.op("Add", [start, size], "end")
             parts.append(b.op("Slice", [R[0], start, end, b.ints([axis])], "R_part"))
             start = end
-    return Emitted([p if view.is_relevant(n) else None for p, n in zip(parts, view.inputs)])
+    kept = [p for p, n in zip(parts, view.inputs) if not view.is_relevant(n)]  # a cls token, a constant pad
+    bias = None
+    if kept:
+        from .arithmetic import absorbed_row
+        bias = absorbed_row(b, b.op("Concat", kept, "R_const", axis=axis) if len(kept) > 1 else kept[0], rank)
+    return Emitted([p if view.is_relevant(n) else None for p, n in zip(parts, view.inputs)], bias)
 
 
 @register("Split", group="shape", rules=(Pass,))
@@ -230,16 +237,29 @@ def _check_const_inputs(view: NodeView, first: int = 1) -> Optional[str]:
     return None
 
 
-@register("Slice", group="shape", rules=(Pass,), check=_check_const_inputs)
+def _known(view: NodeView, name: str) -> Optional[list]:
+    """An int input's values when they are known at compile time: a constant, or shape arithmetic on static
+    sizes (the legacy exporter's rotary half: Shape(q)[-1] // 2)."""
+    values = known_ints(view, name)
+    return values if values is not None and all(v is not None for v in values) else None
+
+
+def _check_slice(view: NodeView) -> Optional[str]:
+    """Slice: starts, ends, axes, steps known at compile time."""
+    for name in view.inputs[1:]:
+        if name and _known(view, name) is None:
+            return f"its input {name!r} is not known at compile time"
+    return None
+
+
+@register("Slice", group="shape", rules=(Pass,), check=_check_slice)
 def emit_slice(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """R_x: R_y put back where Slice took it from (a Pad for unit steps, a Gather with a zero slot otherwise)."""
     x = view.inputs[0]
     rank = len(_static_dims(view, x, (), "Slice needs the rank"))
-    starts, ends = (view.const(n).reshape(-1).tolist() for n in view.inputs[1:3])
-    axes = view.const(view.inputs[3]).reshape(-1).tolist() if len(view.inputs) > 3 and view.inputs[3] else \
-        list(range(len(starts)))
-    steps = view.const(view.inputs[4]).reshape(-1).tolist() if len(view.inputs) > 4 and view.inputs[4] else \
-        [1] * len(starts)
+    starts, ends = (_known(view, n) for n in view.inputs[1:3])
+    axes = _known(view, view.inputs[3]) if len(view.inputs) > 3 and view.inputs[3] else list(range(len(starts)))
+    steps = _known(view, view.inputs[4]) if len(view.inputs) > 4 and view.inputs[4] else [1] * len(starts)
     back = R[0]
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis = int(axis) % rank
@@ -283,7 +303,11 @@ def _unslice_dynamic(b: GraphBuilder, R: str, x: str, axis: int, rank: int, star
 
 
 def _check_gather(view: NodeView) -> Optional[str]:
-    """Gather moves relevance back when its indices are constant, along any static axis but the batch axis."""
+    """Gather moves relevance back when its indices are constant, along any axis but the batch axis (a static one,
+    or one of run-time length: the sequence); a Gather of embedding rows by token ids is an embedding lookup
+    (embedding.py)."""
+    if is_embedding(view):
+        return check_embedding(view)
     if view.const(view.inputs[1]) is None:
         return view.not_constant("its indices", view.inputs[1])
     shape = view.shape(view.inputs[0])
@@ -292,21 +316,22 @@ def _check_gather(view: NodeView) -> Optional[str]:
     axis = view.attr("axis", 0) % len(shape)
     if axis == view.index.batch_axis(view.inputs[0]):
         return f"it gathers along the batch axis {axis} of {view.inputs[0]!r} (relevance would mix samples)"
-    if shape[axis] is None:
-        return NeedsStaticSize(f"axis {axis} of its input {view.inputs[0]!r} is not known at compile time")
     return None
 
 
 @register("Gather", group="shape", rules=(Pass,), check=_check_gather)
 def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted:
     """R_x[.., i, ..] = sum of R_y over the positions whose index is i (repeated indices add up), along any axis
-    (the other axes may be dynamic): the index axes of R_y are flattened into one, then moved back."""
+    (the other axes may be dynamic): the index axes of R_y are flattened into one, then moved back; an embedding
+    lookup sends the rows' relevance, summed over each row, to its token ids."""
+    if is_embedding(view):
+        return emit_embedding(b, view, rule, R)
     x = view.inputs[0]
     shape = view.shape(x)
     rank = len(shape)
     axis = view.attr("axis", 0) % rank
     indices = view.const(view.inputs[1]).astype(np.int64)
-    flat = np.where(indices < 0, indices + shape[axis], indices).reshape(-1)
+    flat = (np.where(indices < 0, indices + shape[axis], indices) if shape[axis] is not None else indices).reshape(-1)
     if indices.ndim == 1:
         R_flat = R[0]
     elif indices.ndim == 0:
@@ -321,9 +346,27 @@ def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
                         "R_tail")
             target = b.op("Concat", [b.ints([0] * axis + [flat.size]), tail], "R_target", axis=0)
         R_flat = b.op("Reshape", [R[0], target], "R_flat")
+    if shape[axis] is None:  # an axis of run-time length (the sequence): a one-hot matrix built at run time
+        return Emitted([_gather_back_dynamic(b, x, R_flat, axis, rank, flat), None])
     if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):  # a contiguous run: Pad back
         return Emitted([spread_back(b, R_flat, axis, rank, int(flat[0]), 1, flat.size, shape[axis]), None])
     return Emitted([scatter_back(b, R_flat, x, axis, rank, flat, along(view, x, axis)), None])
+
+
+def _gather_back_dynamic(b: GraphBuilder, x: str, R: str, axis: int, rank: int, indices: np.ndarray) -> str:
+    """R_x = R @ OneHot(indices, length) along `axis` when its length is known only at run time (repeated indices
+    add up; negative ones count from the end)."""
+    length = b.op("Slice", [b.op("Shape", [x], "x_shape"), b.ints([axis]), b.ints([axis + 1])], "axis_len")
+    index = b.const(indices, dtype=np.int64, hint="indices")
+    if np.any(indices < 0):
+        index = b.op("Add", [index, b.op("Mul", [b.op("Cast", [b.op("Less", [index, b.const(0, dtype=np.int64)],
+                                                                     "negative")], "neg_i", to=7), length],
+                                         "shift")], "indices_wrapped")
+    one_hot = b.op("OneHot", [index, length, b.const([0.0, 1.0], hint="off_on")], "one_hot", axis=-1)
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    moved = R if axis == rank - 1 else b.op("Transpose", [R], "R_T", perm=perm)
+    back = b.op("MatMul", [moved, one_hot], "R_axis")
+    return back if axis == rank - 1 else b.op("Transpose", [back], "R_back", perm=[int(i) for i in np.argsort(perm)])
 
 
 def _pad_amounts(view: NodeView, rank: int) -> list:
@@ -483,6 +526,14 @@ def known_ints(view: NodeView, name: str, depth: int = 0) -> Optional[list]:
         return dims[slice(sub.attr("start", 0), sub.attr("end", None))]
     if node.op_type in ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape"):
         return known_ints(view, node.input[0], depth + 1)
+    if node.op_type in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:  # shape arithmetic (x.size(-1) // 2)
+        a, c = (known_ints(view, i, depth + 1) for i in node.input)
+        if a is None or c is None or (len(a) != len(c) and 1 not in (len(a), len(c))):
+            return None
+        a, c = (a * len(c) if len(a) == 1 else a), (c * len(a) if len(c) == 1 else c)
+        ops = {"Add": lambda u, v: u + v, "Sub": lambda u, v: u - v, "Mul": lambda u, v: u * v,
+               "Div": lambda u, v: int(u / v) if v else None}
+        return [None if u is None or v is None else ops[node.op_type](u, v) for u, v in zip(a, c)]
     if node.op_type == "Concat":
         parts = [known_ints(view, i, depth + 1) for i in node.input]
         return None if any(p is None for p in parts) else [v for p in parts for v in p]
