@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from .errors import OnnxLrpError
 from .graph import GraphIndex
+from .merge_branches import merge_parallel_convs
 from .recurrent import unroll_recurrent
 
 BYPASSED_OUTPUT_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
@@ -474,8 +475,8 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     for rewrite in (name_nodes, constants_to_initializers, unroll_recurrent, split_classifier_transform,
-                    fold_batchnorm, fold_batchnorm_into_next, fold_affine_into_conv, matmul_add_to_gemm,
-                    layer_norm_statistics):
+                    fold_batchnorm, fold_batchnorm_into_next, fold_affine_into_conv, merge_parallel_convs,
+                    matmul_add_to_gemm, layer_norm_statistics):
         out = rewrite(out)
     return out
 

@@ -143,9 +143,17 @@ def _shape_of(vi: onnx.ValueInfoProto) -> Optional[tuple]:
                  for d in vi.type.tensor_type.shape.dim)
 
 
+# ai.onnx.ml ops whose output is shaped like their input; ONNX shape inference leaves their outputs unshaped, and so
+# everything after them (skl2onnx's StandardScaler before an MLP: the MatMuls' ranks unknown). Scaler and Normalizer
+# always write float, the others their input's type.
+ML_SHAPE_KEEPING = ("Scaler", "Normalizer", "Binarizer", "Imputer")
+ML_FLOAT_OUTPUT = onnx.TensorProto.FLOAT
+
+
 def complete_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, infer) -> onnx.ModelProto:
-    """Reshape outputs whose rank inference left unknown get the shape their target tensor gives; `infer` (model ->
-    inferred model) runs again from there, a few rounds at most. Returns the last inferred model."""
+    """Reshape outputs whose rank inference left unknown get the shape their target tensor gives, shape-keeping
+    ai.onnx.ml ops (ML_SHAPE_KEEPING) their input's shape; `infer` (model -> inferred model) runs again from there,
+    a few rounds at most. Returns the last inferred model."""
     for _ in range(MAX_ROUNDS):
         graph = inferred.graph
         shapes = {vi.name: _shape_of(vi) for vi in list(graph.input) + list(graph.value_info) + list(graph.output)}
@@ -154,10 +162,15 @@ def complete_shapes(light: onnx.ModelProto, inferred: onnx.ModelProto, infer) ->
         types = {vi.name: vi.type.tensor_type.elem_type for vi in list(graph.value_info) + list(graph.input)}
         added = []
         for node in graph.node:
-            if node.op_type != "Reshape" or shapes.get(node.output[0]) is not None:
+            if not node.output or shapes.get(node.output[0]) is not None:
                 continue
-            shape = reshape_output(values, node)
-            elem = types.get(node.input[0])
+            if node.op_type == "Reshape" and node.domain in ("", "ai.onnx"):
+                shape = reshape_output(values, node)
+            elif node.op_type in ML_SHAPE_KEEPING and node.domain == "ai.onnx.ml":
+                shape = shapes.get(node.input[0])
+            else:
+                continue
+            elem = ML_FLOAT_OUTPUT if node.op_type in ("Scaler", "Normalizer") else types.get(node.input[0])
             if shape is not None and elem:
                 added.append(helper.make_tensor_value_info(node.output[0], elem, list(shape)))
         if not added:

@@ -11,14 +11,12 @@ import numpy as np
 
 from ..builder import GraphBuilder
 from ..rules import LINEAR_RULES, Rule
+from ..shape_values import ML_SHAPE_KEEPING as SHAPE_KEEPING  # ai.onnx.ml ops whose output is shaped like X
 from . import Emitted, NodeView, register
 from .generic_linear import emit_linear
 from .linear import DenseOp, ElementwiseOp
 
 ML = "ai.onnx.ml"
-
-
-SHAPE_KEEPING = ("Scaler", "Normalizer", "Binarizer", "Imputer")  # ai.onnx.ml ops whose output is shaped like X
 
 
 def _features(view: NodeView) -> Optional[int]:
