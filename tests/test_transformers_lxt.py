@@ -31,8 +31,9 @@ PARITY = ([("attnlrp", k, "legacy") for k in KINDS] + [("cp_lrp", k, "legacy") f
 def lxt_relevance(tmp_path_factory) -> dict:
     """LXT's relevance of every case, AttnLRP and CP-LRP, from one process (its patches are global)."""
     out = tmp_path_factory.mktemp("lxt") / "lxt.npz"
-    subprocess.run([sys.executable, str(HERE / "lxt_reference.py"), str(out), *KINDS, *[f"{k}:cp" for k in CP_KINDS]],
-                   check=True, capture_output=True, cwd=HERE)
+    done = subprocess.run([sys.executable, str(HERE / "lxt_reference.py"), str(out), *KINDS,
+                           *[f"{k}:cp" for k in CP_KINDS]], capture_output=True, text=True, cwd=HERE)
+    assert done.returncode == 0, f"lxt_reference.py failed ({done.returncode}): {done.stderr[-3000:]}"
     return dict(np.load(out))
 
 
