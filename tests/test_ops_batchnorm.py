@@ -99,9 +99,11 @@ def test_bn_with_two_consumers_is_not_folded():
     """A BN read by two nodes is not absorbed by either."""
     g = rng(2)
     inits = {"W": g.normal(size=(2, 2, 1, 1)).astype(np.float32), **_bn_params(g, 2)}
-    nodes = [_bn("x", "b"), helper.make_node("Conv", ["b", "W"], ["c"]), helper.make_node("Add", ["b", "c"], ["y"])]
+    # the second reader is not linear (a Conv + identity-branch Add would be merged into one Conv, BN still unfolded)
+    nodes = [_bn("x", "b"), helper.make_node("Conv", ["b", "W"], ["c"]), helper.make_node("Relu", ["b"], ["r"]),
+             helper.make_node("Add", ["r", "c"], ["y"])]
     model = make_model(nodes, [tensor("x", ["N", 2, 3, 3])], [tensor("y", [None] * 4)], inits)
-    assert [n.op_type for n in canonicalize(model).graph.node] == ["BatchNormalization", "Conv", "Add"]
+    assert [n.op_type for n in canonicalize(model).graph.node] == ["BatchNormalization", "Conv", "Relu", "Add"]
 
 
 @pytest.mark.parametrize("rule,params", [LINEAR_RULE_CASES[i] for i in (0, 2, 4)],

@@ -1,7 +1,6 @@
 """Helpers for tests on PyTorch models: export with either exporter, Zennit reference relevance, errors."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,6 @@ def export(model, example, path: Path, exporter: str, opset: int = 17, input_nam
                               dynamic_axes={input_name: axes, "logits": {0: "batch"}})
         else:
             batch = torch.export.Dim("batch", min=1, max=1024)
-            os.environ.setdefault("TORCH_LOGS", "")
             dims = {0: batch, **{a: torch.export.Dim.AUTO for a in spatial}}
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, 18),
                                         input_names=[input_name], output_names=["logits"],
