@@ -162,11 +162,10 @@ def fold_batchnorm_into_next(model: onnx.ModelProto) -> onnx.ModelProto:
         affine = _batchnorm_affine(index, bn)
         if node is None or affine is None or node.input[0] != bn.output[0] or node.name in removed:
             continue
-        weight = index.constants.get(node.input[1]) if len(node.input) > 1 else None
-        has_bias = len(node.input) > 2 and node.input[2]
-        bias = index.constants.get(node.input[2]) if has_bias else None
-        if weight is None or (has_bias and bias is None):
+        constants = _weight_and_bias(index, node)
+        if constants is None:
             continue
+        weight, bias = constants
         k, c = affine
         folded = _fold_into_next(node, index, weight.astype(np.float64), bias, k, c)
         if folded is None:
@@ -240,11 +239,10 @@ def fold_affine_into_conv(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in list(model.graph.node):
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
             continue
-        weight = index.constants.get(node.input[1]) if len(node.input) > 1 else None
-        has_bias = len(node.input) > 2 and node.input[2]
-        bias = index.constants.get(node.input[2]) if has_bias else None
-        if weight is None or (has_bias and bias is None):
+        constants = _weight_and_bias(index, node)
+        if constants is None:
             continue
+        weight, bias = constants
         channels, rank = weight.shape[0], weight.ndim
         w = weight.astype(np.float64)
         b = np.zeros(channels) if bias is None else bias.astype(np.float64)
@@ -439,6 +437,17 @@ def _has_op(model: onnx.ModelProto, op_type: str) -> bool:
     """True if the main graph holds a node of this op type (a rewrite that looks for it has work to do)."""
     return any(node.op_type == op_type for node in model.graph.node)
 
+
+
+def _weight_and_bias(index: GraphIndex, node: onnx.NodeProto) -> Optional[tuple]:
+    """(weight, bias or None) of a linear node whose weight (input 1) and bias (input 2, if any) are constants, else
+    None."""
+    weight = index.constants.get(node.input[1]) if len(node.input) > 1 else None
+    has_bias = len(node.input) > 2 and node.input[2]
+    bias = index.constants.get(node.input[2]) if has_bias else None
+    if weight is None or (has_bias and bias is None):
+        return None
+    return weight, bias
 
 def _attr(node: onnx.NodeProto, name: str, default):
     """An attribute value of a node, or default."""
