@@ -490,11 +490,7 @@ class Explainer:
                              f"ints (K per sample); got shape {array.shape}")
         if array.size and np.any(array > np.iinfo(np.int64).max):  # before the cast to int64 wraps it around
             raise InputError(f"target {array.max()} is out of range")
-        array = array.astype(np.int64).reshape(-1)
-        if array.size == 1:
-            array = np.full(batch, int(array[0]), dtype=np.int64)
-        if array.size != batch:
-            raise InputError(f"got {array.size} targets for a batch of {batch}")
+        array = _per_sample(array, batch, "targets")
         if np.any(array < 0):
             raise InputError(f"target {int(array.min())} is negative")
         classes = self._classes()
@@ -510,11 +506,7 @@ class Explainer:
         array = np.asarray(position)
         if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.ndim > 1:
             raise InputError(f"position must be one int or one int per sample, got {position!r}")
-        array = array.astype(np.int64).reshape(-1)
-        if array.size == 1:
-            array = np.full(batch, int(array[0]), dtype=np.int64)
-        if array.size != batch:
-            raise InputError(f"got {array.size} positions for a batch of {batch}")
+        array = _per_sample(array, batch, "positions")
         return array
 
     def _check_positions(self, positions: np.ndarray, output: np.ndarray) -> None:
@@ -532,6 +524,16 @@ class Explainer:
                 return int(np.prod(out.shape[1:]))
         return self._static_classes
 
+
+
+def _per_sample(array: np.ndarray, batch: int, what: str) -> np.ndarray:
+    """One int64 per sample: a single value repeated over the batch, or exactly batch values."""
+    array = array.astype(np.int64).reshape(-1)
+    if array.size == 1:
+        array = np.full(batch, int(array[0]), dtype=np.int64)
+    if array.size != batch:
+        raise InputError(f"got {array.size} {what} for a batch of {batch}")
+    return array
 
 def _is_matrix(target) -> bool:
     """True for a target given as a 2-D array (several targets per sample)."""
