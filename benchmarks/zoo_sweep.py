@@ -1,8 +1,8 @@
 """The zoo sweep: export, compile and explain every model of the zoo and print one table row per case.
 
     .venv/bin/python benchmarks/zoo_sweep.py [NAME ...] [--exporter legacy|dynamo] [--weights untrained|trained]
-                                             [--source timm|keras|sklearn] [--markdown OUT.md] [--json OUT.json]
-                                             [--compact OUT.md]
+                                             [--source timm|keras|sklearn] [--jobs N] [--markdown OUT.md]
+                                             [--json OUT.json] [--compact OUT.md]
 
 Sources: timm's CNNs (tests/timm_zoo.py; 64x64 inputs, untrained and trained-like weights, both torch exporters),
 the Keras models exported through tf2onnx (tests/data/keras/, made by benchmarks/export_keras.py) and scikit-learn
@@ -91,6 +91,7 @@ def main(argv=None) -> int:
     parser.add_argument("--exporter", choices=["legacy", "dynamo"], action="append")
     parser.add_argument("--weights", choices=list(WEIGHTS), action="append")
     parser.add_argument("--source", choices=["timm", "keras", "sklearn"], action="append")
+    parser.add_argument("--jobs", type=int, default=1, help="timm models exported and explained at once")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.add_argument("--compact", type=Path, help="also write one row per model and exporter (README's table)")
@@ -106,13 +107,20 @@ def main(argv=None) -> int:
 
     if "timm" in sources:
         names = [n for n in args.names if n in ZOO] if args.names else list(ZOO)
+        order = {name: i for i, name in enumerate(names)}
         context = multiprocessing.get_context("spawn")
-        for name in names:
-            with cf.ProcessPoolExecutor(1, mp_context=context) as pool:
+        # a fresh process per model (torch's exporters keep state); --jobs models at a time
+        with cf.ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
+            futures = {pool.submit(timm_model_rows, name, exporters, weights): name for name in names}
+            for future in cf.as_completed(futures):
+                name = futures[future]
                 try:
-                    emit(pool.submit(timm_model_rows, name, exporters, weights).result())
+                    emit(future.result())
                 except Exception as exc:  # the child died (memory): say so and go on
                     emit([{"model": name, "family": ZOO[name].family, "status": f"crashed: {exc!r}"}])
+                if args.json:
+                    args.json.write_text(json.dumps(rows, indent=1))
+        rows.sort(key=lambda r: order[r["model"]])
     if "keras" in sources:
         from keras_zoo import keras_rows
         emit([r for r in keras_rows() if not args.names or r["model"] in args.names])

@@ -34,6 +34,7 @@ class TimmModel:
     family: str
     size: int = 64
     kwargs: dict = field(default_factory=dict)
+    composite: str = "epsilon_plus"
 
 
 def _entries(family: str, names: str, **options) -> list:
@@ -77,6 +78,17 @@ ZOO_LIST: list = [
     *_entries("GENet", "gernet_s"),
     *_entries("StarNet", "starnet_s1"),
     *_entries("MambaOut", "mambaout_femto"),
+    # the transformer and MLP families, explained with AttnLRP (LayerNorm gate, Softmax taylor, uniform products)
+    *_entries("ViT/DeiT/CaiT", "vit_tiny_patch16_224 deit_tiny_patch16_224 cait_xxs24_224", composite="attnlrp",
+              kwargs={"img_size": 64}),
+    TimmModel("swin_tiny_patch4_window7_224", "Swin", composite="attnlrp", kwargs={"img_size": 64, "window_size": 4}),
+    *_entries("Hybrid ViT", "levit_128s coat_lite_tiny pit_ti_224 xcit_nano_12_p16_224 twins_svt_small",
+              composite="attnlrp", kwargs={"img_size": 64}),
+    *_entries("Hybrid ViT", "efficientvit_b0 edgenext_xx_small", composite="attnlrp"),
+    TimmModel("mobilevit_xxs", "Hybrid ViT", composite="attnlrp", kwargs={"img_size": 64}),
+    *_entries("MLP-Mixer/gMLP/ResMLP", "mixer_s16_224 gmlp_ti16_224 resmlp_12_224", composite="attnlrp",
+              kwargs={"img_size": 64}),
+    *_entries("MetaFormer", "poolformer_s12", composite="attnlrp"),
 ]
 ZOO: dict = {entry.name: entry for entry in ZOO_LIST}
 

@@ -71,8 +71,9 @@ def explain_row(row: dict, path, x, reference: Optional[np.ndarray], composite: 
     return row
 
 
-def timm_row(name: str, weights: str, exporter: str, folder: Path, composite: str = COMPOSITE) -> dict:
-    """Build, export and explain one timm zoo model (timm_zoo.ZOO) with one exporter and one weight state."""
+def timm_row(name: str, weights: str, exporter: str, folder: Path, composite: Optional[str] = None) -> dict:
+    """Build, export and explain one timm zoo model (timm_zoo.ZOO) with one exporter and one weight state (with
+    the entry's composite unless one is given)."""
     import torch
     from timm_zoo import ZOO, build, inputs
     from torch_utils import export
@@ -90,5 +91,5 @@ def timm_row(name: str, weights: str, exporter: str, folder: Path, composite: st
     except Exception as exc:
         row["status"] = f"export failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         return row
-    return explain_row(row, path, x, reference, composite)
+    return explain_row(row, path, x, reference, composite or ZOO[name].composite)
 
