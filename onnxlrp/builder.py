@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 
 from .batch import Layout
 from .errors import CompileBudgetError, CompileError
+from .tails import Tails
 
 DEFAULT_MAX_CONSTANT_BYTES = 256 * 2 ** 20
 
@@ -76,6 +77,8 @@ class GraphBuilder:
         self.layout = Layout()
         self.batch_input: str | None = None
         self._batch_size: str | None = None
+        # per-layer bias rows and stabilizer shares the compiler computes for all layers at once (see tails.py)
+        self.tails = Tails()
 
     def fresh(self, hint: str) -> str:
         """A new unique value name under the current scope: base, base_2, base_3, ... A counter per base remembers

@@ -27,6 +27,7 @@ from .shapes import annotate_shapes, check_model
 from .trust import CONSERVATION_KEY, DIGEST_KEY, graph_digest, parse_metadata
 from .targets import MASK_INPUT, mask_input_info, masked_seed
 from .specialise import NeedsStaticSize, StaticSizeError, specialise, static_size_hint
+from .tails import batched_bias, stabilizer_total
 
 METADATA_KEY = "onnxlrp"
 # graph outputs that carry forward values or the seed, not relevance: _unscale_outputs leaves them alone
@@ -552,12 +553,16 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
         b.op_named("Identity", [value], out)
         meta["relevance"][name] = out
         outputs.append(helper.make_tensor_value_info(out, out_type, _dims(info.shape)))
+    batched = []  # bias rows of per-channel layers: written together by _unscale_outputs (see tails.py)
     for node_name, value in bias_values.items():
         out = f"lrp/bias/{node_name}"
-        b.op_named("Identity", [value], out)
+        if value in b.tails.bias:
+            batched.append((out, value))
+        else:
+            b.op_named("Identity", [value], out)
         meta["bias"][node_name] = out
         outputs.append(helper.make_tensor_value_info(out, elem, [None, None]))
-    stab = b.add_all([v for _, v in stab_values], "stab_total") if stab_values else b.zeros_like(total, "stab0")
+    stab = stabilizer_total(b, [v for _, v in stab_values]) or b.zeros_like(total, "stab0")
     b.op_named("Identity", [stab], "lrp/stabilizer")
     b.op_named("Identity", [total], "lrp/total")
     b.op_named("Identity", [plan.logits], "lrp/output")
@@ -571,7 +576,7 @@ def _assemble(source, canon, plan, b, contributions, bias_values, stab_values, r
     _node_outputs(b, plan, node_relevance, relevance_of, stab_values, meta, outputs, elem)
     outputs.extend(extra_outputs)
     meta.update(extra_meta or {})
-    _unscale_outputs(b, outputs, plan.seed_scale)
+    _unscale_outputs(b, outputs, plan.seed_scale, batched)
 
     model = onnx.ModelProto()
     model.CopyFrom(canon)
@@ -668,17 +673,25 @@ def _edge_sums(b, plan, meta, outputs, elem) -> None:
             outputs.append(helper.make_tensor_value_info(out, elem, [None]))
 
 
-def _unscale_outputs(b: GraphBuilder, outputs: list, scale: Optional[str]) -> None:
+def _unscale_outputs(b: GraphBuilder, outputs: list, scale: Optional[str], batched: list = ()) -> None:
     """Multiply every float output but UNSCALED_OUTPUTS by the per-sample seed scale (see _seed): the node that
-    wrote the output now writes a fresh name, and a per-sample product writes the output's name."""
+    wrote the output now writes a fresh name, and a per-sample product writes the output's name. The bias rows in
+    `batched` ((output, value) pairs recorded in b.tails) are written scaled, all layers at once (tails.py)."""
+    working = helper.np_dtype_to_tensor_dtype(b.dtype)
+    b.scope = "lrp/_/unscale"
+    factors: dict = {working: b.unsqueeze(scale, [1], "scale_col")} if scale is not None else {}
+    done = set(batched_bias(b, list(batched), factors.get(working)))
+    for out, value in batched:
+        if out not in done:
+            b.op_named("Identity", [value], out)
+    b.scope = "lrp/_"
     if scale is None:
         return
     wanted = {vi.name: vi.type.tensor_type.elem_type for vi in outputs
-              if vi.name not in UNSCALED_OUTPUTS and vi.type.tensor_type.elem_type in FLOAT_TYPES}
+              if vi.name not in UNSCALED_OUTPUTS and vi.name not in done
+              and vi.type.tensor_type.elem_type in FLOAT_TYPES}
     ranks = {vi.name: _known_rank(vi) for vi in outputs}
-    working = helper.np_dtype_to_tensor_dtype(b.dtype)
     b.scope = "lrp/_/unscale"
-    factors: dict = {working: b.unsqueeze(scale, [1], "scale_col")}
     for node in list(b.nodes):
         if len(node.output) != 1 or node.output[0] not in wanted:
             continue

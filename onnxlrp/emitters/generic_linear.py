@@ -435,6 +435,7 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
     masks: dict = {}
     backs: dict = {}  # input -> [(part, transposed value)]
     bias_parts, stab_parts = [], []
+    bias_terms, stab_terms = [], []  # the same, as tails.py batches them across layers
     flat_bias = op.bias is not None and _per_channel(op) and b.layout.axis == 0 and not b.layout.merged
     for plan in plans:
         group = plan.group
@@ -461,21 +462,27 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
             else:
                 reduced = b.reduce("ReduceSum", s, axes, keepdims=True, hint="s_red") if axes else s
             bias_parts.append(b.op("Mul", [reduced, b.const(factor)], "r_bias"))
+            bias_terms.append((reduced, factor))
         if share is None:  # stab = z_g + sign * eps wherever s != 0: the share is sign * eps * sum(s)
             weight = group.coeff * plan.eps_sign * group.eps
             if flat_bias and reduced is not None and factor.size > 1:  # (N, C) @ (C,): sum and scale in one node
-                stab_parts.append(b.op("MatMul", [reduced, b.const(np.full(factor.size, weight))], "stab"))
+                vector = np.full(factor.size, weight)
+                stab_parts.append(b.op("MatMul", [reduced, b.const(vector)], "stab"))
+                stab_terms.append(("dot", reduced, vector))
             else:
                 rank = 2 if flat_bias and reduced is not None else op.z_rank  # (N, C) after a flat reduction
                 total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum", rank)
                 stab_parts.append(b.op("Mul", [total, b.const(weight)], "stab"))
+                stab_terms.append(("value", stab_parts[-1]))
         else:
             total = b.per_sample_sum(share, "stab_sum", op.z_rank)
             stab_parts.append(total if group.coeff == 1.0 else b.op("Mul", [total, b.const(group.coeff)], "stab"))
+            stab_terms.append(("value", stab_parts[-1]))
     if any(p.group.mask is not None for p in plans):  # relevance at units with z == 0 flows nowhere: report it
         is_zero = b.op("Cast", [b.op("Equal", [op.z, b.const(0.0)], "z_is_zero")], "z_zero",
                        to=helper.np_dtype_to_tensor_dtype(b.dtype))
         stab_parts.append(b.per_sample_sum(b.op("Mul", [R, is_zero], "R_dropped"), "dropped", op.z_rank))
+        stab_terms.append(("value", stab_parts[-1]))
 
     x_parts = []
     for kind, entries in backs.items():
@@ -494,5 +501,9 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
             R_b = b.to_rows(R_b, op.z_rank, "R_b")
         elif op.z_rank != 2 and not flat_bias:  # (N, units, 1, ...) -> (N, units)
             R_b = b.op("Reshape", [R_b, b.ints([0, -1])], "R_b")
+        elif flat_bias:
+            b.tails.add_bias(R_b, bias_terms)
     stab = b.add_all(stab_parts, "stab_all") if stab_parts else None
+    if stab is not None:
+        b.tails.add_stab(stab, stab_terms)
     return R_x, R_b, stab

@@ -1,0 +1,87 @@
+"""Per-layer tails batched across layers (onnxlrp/tails.py): the bias rows of every per-channel layer come from one
+Concat / Mul / Split and the stabilizer shares from one Concat / MatMul; the compiled graph's bias relevance,
+stabilizer and input relevance against the dense float64 chain of tests/reference.py, layer by layer."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import onnxlrp
+import reference as ref
+from ops_harness import composite_text, forward, linearise, make_model, rng, single, tensor
+
+SHAPES = [((1, 3, 6, 6), (4, 3, 3, 3)), ((1, 4, 6, 6), (5, 4, 3, 3)), ((1, 5, 6, 6), (3, 5, 1, 1))]
+
+
+def _layers(seed: int = 1) -> list:
+    """(weight, bias) of three convolutions."""
+    g = rng(seed)
+    return [(g.normal(size=w).astype(np.float32) * 0.5, g.normal(size=w[0]).astype(np.float32) * 0.3)
+            for _, w in SHAPES]
+
+
+def _model(layers: list, opset: int) -> onnx.ModelProto:
+    """x -> Conv -> Relu -> Conv -> Relu -> Conv (1x1) -> y, every Conv with a per-channel bias."""
+    nodes, inits, prev = [], {}, "x"
+    for i, (w, b) in enumerate(layers):
+        inits[f"W{i}"], inits[f"B{i}"] = w, b
+        pads = [w.shape[2] // 2] * 4
+        nodes.append(helper.make_node("Conv", [prev, f"W{i}", f"B{i}"], [f"z{i}"], name=f"conv{i}", pads=pads))
+        prev = f"z{i}"
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [prev], [f"a{i}"], name=f"relu{i}"))
+            prev = f"a{i}"
+    nodes[-1].output[0] = "y"
+    return make_model(nodes, [tensor("x", ["N", 3, 6, 6])], [tensor("y", ["N", 3, 6, 6])], inits, opset)
+
+
+def _reference(layers: list, x: np.ndarray, rule: str) -> tuple:
+    """(R_x, {layer: R_bias per channel}, stabilizer) of one sample, float64, the seed the argmax logit."""
+    mats, acts, a = [], [], x.reshape(-1).astype(np.float64)
+    for i, ((x_shape, w_shape), (w, b)) in enumerate(zip(SHAPES, layers)):
+        M, b_full = linearise(single("Conv", x_shape, {"W": w, "B": b}, ["W", "B"], pads=[w.shape[2] // 2] * 4),
+                              "x", x_shape)
+        mats.append((M, b_full))
+        acts.append(a)
+        z = M @ a + b_full
+        a = np.maximum(z, 0) if i < len(layers) - 1 else z
+    R = np.zeros_like(a)
+    R[np.argmax(a)] = a[np.argmax(a)]
+    bias, stab = {}, 0.0
+    for i in reversed(range(len(layers))):
+        M, b_full = mats[i]
+        fn = ref.epsilon if rule == "epsilon" else ref.gamma
+        R, Rb, share = fn(M, b_full, acts[i], R)
+        bias[f"conv{i}"] = Rb.reshape(layers[i][0].shape[0], -1).sum(axis=1)
+        stab += share
+    return R, bias, stab
+
+
+@pytest.mark.parametrize("opset", [17, 11])
+@pytest.mark.parametrize("rule", ["epsilon", "gamma"])
+def test_batched_bias_rows_and_stabilizer(tmp_path, rule, opset):
+    """One Split writes every layer's bias row; the rows, the stabilizer and R_x equal the reference chain's."""
+    layers = _layers()
+    model = _model(layers, opset)
+    rules = {} if rule == "epsilon" else {"Conv": ("gamma", {"gamma": 0.25})}
+    path = tmp_path / "c.toml"
+    path.write_text(composite_text(rules))
+    compiled = onnxlrp.compile(model, str(path))
+    onnx.checker.check_model(compiled, full_check=True)
+    splits = [n for n in compiled.graph.node if n.op_type == "Split"]
+    assert len(splits) == 1 and len(splits[0].output) == (3 if rule == "epsilon" else 6)
+    assert sum(o.startswith("lrp/bias/") for o in splits[0].output) == (3 if rule == "epsilon" else 0)
+    stab_matmuls = [n for n in compiled.graph.node if n.op_type == "MatMul" and "stab_dots" in n.output[0]]
+    assert len(stab_matmuls) == (0 if rule == "epsilon" else 1)  # epsilon's denominators are signed: no dot terms
+    x = rng(4).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    names = [o.name for o in compiled.graph.output]
+    out = dict(zip(names, forward(compiled, {"x": x, "lrp_target": np.full(2, -1, np.int64)})))
+    for i in range(2):
+        Rx, bias, stab = _reference(layers, x[i], rule)
+        scale = np.abs(Rx).sum() + sum(np.abs(v).sum() for v in bias.values())
+        assert np.allclose(out["lrp/relevance/x"][i].reshape(-1), Rx, rtol=1e-4, atol=1e-6 * scale)
+        for layer, want in bias.items():
+            assert np.allclose(out[f"lrp/bias/{layer}"][i], want, rtol=1e-4, atol=1e-6 * scale), layer
+        assert abs(float(out["lrp/stabilizer"][i]) - stab) <= 1e-5 * scale
