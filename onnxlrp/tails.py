@@ -28,12 +28,13 @@ if TYPE_CHECKING:
 class Tails:
     """What emit_linear recorded: bias rows and stabilizer shares as products of (N, C) sums."""
 
-    bias: dict = field(default_factory=dict)   # R_b name -> [(s_red (N, C), factor (C,))]
+    bias: dict = field(default_factory=dict)   # R_b name -> (C, [(s_red (N, k C), factor (k C,))])
     stab: dict = field(default_factory=dict)   # stab name -> [("dot", s_red (N, C), vector (C,)) | ("value", name)]
 
-    def add_bias(self, value: str, terms: list) -> None:
-        """Record that `value` (N, C) == sum_t terms[t][0] * terms[t][1]."""
-        self.bias[value] = list(terms)
+    def add_bias(self, value: str, width: int, terms: list) -> None:
+        """Record that `value` (N, width) is the sum of the width-wide column blocks of every term's product
+        tensor * factor (a term (N, k width) holds k groups side by side)."""
+        self.bias[value] = (int(width), list(terms))
 
     def add_stab(self, value: str, terms: list) -> None:
         """Record that `value` (N,) == sum of the terms (dot products and plain (N,) values)."""
@@ -56,28 +57,30 @@ def stabilizer_total(b: "GraphBuilder", values: list) -> Optional[str]:
 
 
 def batched_bias(b: "GraphBuilder", wanted: list, scale_col: Optional[str]) -> list:
-    """Write every (output name, value) of `wanted` whose value is recorded as (N, C) products from one Concat, Mul
-    (by the factors), Mul (by scale_col (N, 1), if given) and Split; returns the output names written."""
+    """Write every (output name, value) of `wanted` whose value is recorded in b.tails from one Concat, Mul (by the
+    factors), Mul (by scale_col (N, 1), if given) and Split (plus an Add per layer with several groups); returns the
+    output names written."""
     tails: Tails = b.tails
     entries = [(out, tails.bias[value]) for out, value in wanted if value in tails.bias]
     if len(entries) < 2:
         return []
-    tensors = [t for _, terms in entries for t, _ in terms]
-    factors = np.concatenate([np.asarray(f, dtype=np.float64).reshape(-1) for _, terms in entries for _, f in terms])
-    rows = b.op("Concat", tensors, "s_red_bias", axis=1)
+    terms = [term for _, (_, layer_terms) in entries for term in layer_terms]
+    rows = b.op("Concat", [t for t, _ in terms], "s_red_bias", axis=1)
+    factors = np.concatenate([np.asarray(f, dtype=np.float64).reshape(-1) for _, f in terms])
     product = b.op("Mul", [rows, b.const(factors)], "r_bias_all")
     if scale_col is not None:
         product = b.op("Mul", [product, scale_col], "r_bias_scaled")
-    sizes = [int(np.asarray(f).size) for _, terms in entries for _, f in terms]
-    names = [out if len(terms) == 1 else b.fresh("r_bias_part") for out, terms in entries for _ in terms]
+    sizes, names, layers = [], [], []
+    for out, (width, layer_terms) in entries:
+        count = sum(np.asarray(f).size // width for _, f in layer_terms)
+        mine = [out] if count == 1 else [b.fresh("r_bias_part") for _ in range(count)]
+        sizes += [width] * count
+        names += mine
+        layers.append((out, mine))
     split = [product, b.ints(sizes, "split")] if b.opset >= 13 else [product]
     attrs = {"axis": 1} if b.opset >= 13 else {"axis": 1, "split": sizes}
     b.nodes.append(helper.make_node("Split", split, names, name=b.fresh("Split_node"), **attrs))
-    written, k = [], 0
-    for out, terms in entries:
-        if len(terms) > 1:
-            b.nodes.append(helper.make_node("Add" if len(terms) == 2 else "Sum", names[k:k + len(terms)], [out],
-                                            name=b.fresh("Add_node")))
-        k += len(terms)
-        written.append(out)
-    return written
+    for out, mine in layers:
+        if len(mine) > 1:
+            b.nodes.append(helper.make_node("Add" if len(mine) == 2 else "Sum", mine, [out], name=b.fresh("Add_node")))
+    return [out for out, _ in layers]

@@ -10,7 +10,7 @@ from onnx import helper
 
 import onnxlrp
 import reference as ref
-from ops_harness import composite_text, forward, linearise, make_model, rng, single, tensor
+from ops_harness import check_linear, composite_text, forward, linearise, make_model, rng, single, tensor
 
 SHAPES = [((1, 3, 6, 6), (4, 3, 3, 3)), ((1, 4, 6, 6), (5, 4, 3, 3)), ((1, 5, 6, 6), (3, 5, 1, 1))]
 
@@ -85,3 +85,21 @@ def test_batched_bias_rows_and_stabilizer(tmp_path, rule, opset):
         for layer, want in bias.items():
             assert np.allclose(out[f"lrp/bias/{layer}"][i], want, rtol=1e-4, atol=1e-6 * scale), layer
         assert abs(float(out["lrp/stabilizer"][i]) - stab) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("rule,params", [("gamma", {"gamma": 0.25}), ("alpha_beta", {"alpha": 2.0, "beta": 1.0})])
+@pytest.mark.parametrize("attrs", [dict(pads=[1, 1, 1, 1]), dict(pads=[1, 0, 1, 1], strides=[2, 2])],
+                         ids=["stride1", "stride2"])
+def test_groups_share_one_transposed_convolution(rule, params, attrs):
+    """A rule's groups reach each input through one Conv / ConvTranspose over Concat(s_1, s_2) with the transposed
+    weights stacked along its input channels: R_x, bias rows and stabilizer equal the dense reference's."""
+    g = rng(7)
+    w = g.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    model = single("Conv", (1, 3, 7, 7), {"W": w, "B": g.normal(size=4).astype(np.float32)}, ["W", "B"], **attrs)
+    res = check_linear(model, (1, 3, 7, 7), rule, params, "W", 4)
+    nodes = res.compiled.graph.node
+    made_by = {o: n.op_type for n in nodes for o in n.output}
+    backward = [n for n in nodes if n.op_type in ("Conv", "ConvTranspose") and "/bwd" in n.output[0]]
+    # the signed input x: x+ and x- each get one transposed op over the one Concat of both groups' s
+    assert len(backward) == 2 and all(made_by.get(n.input[0]) == "Concat" for n in backward)
+    assert backward[0].input[0] == backward[1].input[0]

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-from onnx import helper
 
 from ..builder import GraphBuilder
 from ..errors import CompileError
@@ -433,10 +432,10 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
     inputs = _Inputs(b, view, op)
     shared: dict = {}  # the one W+ x convolution the reused denominators share
     masks: dict = {}
-    backs: dict = {}  # input -> [(part, transposed value)]
-    bias_parts, stab_parts = [], []
-    bias_terms, stab_terms = [], []  # the same, as tails.py batches them across layers
+    backs: dict = {}  # input -> [(part, s, weight key)]
+    cats: dict = {}   # (s_1, s_2, ...) -> their Concat along the channels, built once
     flat_bias = op.bias is not None and _per_channel(op) and b.layout.axis == 0 and not b.layout.merged
+    groups = []  # (plan, s, elementwise stabilizer share or None)
     for plan in plans:
         group = plan.group
         z_g = _denominator(b, plan, op, inputs, shared)
@@ -449,44 +448,25 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
         else:
             R_g = R if group.mask is None else b.op("Where", [masks[group.mask], R, b.const(0.0)], "R_masked")
             s, share = b.normalize(R_g, z_g, group.eps)
+        groups.append((plan, s, share))
         for part in plan.parts:
             for key in part.weight_keys(group.coeff):
-                backs.setdefault(part.input, []).append((part, op.transpose(b, s, key)))
-        reduced = None
-        if plan.bias_total is not None:
-            axes = _bias_axes(op, b.layout.axis if op.z_rank is not None else 0)
-            factor = pad_rank(group.coeff * plan.bias_total, op.z_rank)
-            if flat_bias:  # one bias per channel: reduce straight to (N, C), no Reshape after
-                reduced = b.reduce("ReduceSum", s, axes, keepdims=False, hint="s_red")
-                factor = factor.reshape(-1)
-            else:
-                reduced = b.reduce("ReduceSum", s, axes, keepdims=True, hint="s_red") if axes else s
-            bias_parts.append(b.op("Mul", [reduced, b.const(factor)], "r_bias"))
-            bias_terms.append((reduced, factor))
-        if share is None:  # stab = z_g + sign * eps wherever s != 0: the share is sign * eps * sum(s)
-            weight = group.coeff * plan.eps_sign * group.eps
-            if flat_bias and reduced is not None and factor.size > 1:  # (N, C) @ (C,): sum and scale in one node
-                vector = np.full(factor.size, weight)
-                stab_parts.append(b.op("MatMul", [reduced, b.const(vector)], "stab"))
-                stab_terms.append(("dot", reduced, vector))
-            else:
-                rank = 2 if flat_bias and reduced is not None else op.z_rank  # (N, C) after a flat reduction
-                total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum", rank)
-                stab_parts.append(b.op("Mul", [total, b.const(weight)], "stab"))
-                stab_terms.append(("value", stab_parts[-1]))
-        else:
-            total = b.per_sample_sum(share, "stab_sum", op.z_rank)
-            stab_parts.append(total if group.coeff == 1.0 else b.op("Mul", [total, b.const(group.coeff)], "stab"))
-            stab_terms.append(("value", stab_parts[-1]))
+                backs.setdefault(part.input, []).append((part, s, key))
+    joint = flat_bias and len(groups) > 1 and all(p.bias_total is not None and sh is None for p, _, sh in groups) \
+        and len({p.bias_total.size for p, _, _ in groups}) == 1
+    if joint:
+        R_b, stab_parts = _joint_tails(b, op, groups, cats)
+    else:
+        R_b, stab_parts = _group_tails(b, op, groups, flat_bias)
     if any(p.group.mask is not None for p in plans):  # relevance at units with z == 0 flows nowhere: report it
-        is_zero = b.op("Cast", [b.op("Equal", [op.z, b.const(0.0)], "z_is_zero")], "z_zero",
-                       to=helper.np_dtype_to_tensor_dtype(b.dtype))
-        stab_parts.append(b.per_sample_sum(b.op("Mul", [R, is_zero], "R_dropped"), "dropped", op.z_rank))
-        stab_terms.append(("value", stab_parts[-1]))
+        is_zero = b.op("Equal", [op.z, b.const(0.0)], "z_is_zero")
+        dropped = b.per_sample_sum(b.op("Where", [is_zero, R, b.const(0.0)], "R_dropped"), "dropped", op.z_rank)
+        stab_parts.append(dropped)
+        b.tails.stab.setdefault(dropped, [("value", dropped)])
 
     x_parts = []
     for kind, entries in backs.items():
-        back = b.add_all([v for _, v in entries], "back")
+        back = _transposed_sum(b, op, entries, cats)
         if kind in DATA_INPUTS:
             x_parts.append(b.op("Mul", [inputs.data(kind), back], "r_in"))
         elif kind == "one":
@@ -494,6 +474,78 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
         else:
             x_parts.append(b.op("Mul", [inputs.channel_scale(entries[0][0]), back], "r_in"))
     R_x = b.add_all(x_parts, "R_x") if x_parts else b.zeros_like(op.x, "R_x0")
+    stab = b.add_all(stab_parts, "stab_all") if stab_parts else None
+    if stab is not None:
+        b.tails.add_stab(stab, [term for part in stab_parts for term in b.tails.stab.get(part, [("value", part)])])
+    return R_x, R_b, stab
+
+
+def _concat(b: GraphBuilder, names: list, cats: dict) -> str:
+    """The channel Concat of names (one per distinct tuple)."""
+    key = tuple(names)
+    if key not in cats:
+        cats[key] = b.op("Concat", list(names), "s_cat", axis=1)
+    return cats[key]
+
+
+def _transposed_sum(b: GraphBuilder, op, entries: list, cats: dict) -> str:
+    """sum_i W_i^T s_i: one transposed op over the channel Concat of the s_i where the op has one
+    (op.transpose_concat: the weights stacked along its input-channel axis), else one per term, added."""
+    ss = [s for _, s, _ in entries]
+    if len(ss) > 1 and len(set(ss)) == len(ss):
+        concat = getattr(op, "transpose_concat", None)
+        value = concat(b, lambda: _concat(b, ss, cats), [key for _, _, key in entries]) if concat else None
+        if value is not None:
+            return value
+    return b.add_all([op.transpose(b, s, key) for _, s, key in entries], "back")
+
+
+def _joint_tails(b: GraphBuilder, op, groups: list, cats: dict) -> tuple:
+    """Bias row and stabilizer of per-channel groups whose shares are sign * eps * s: one ReduceSum over the
+    Concat of their s (the one the transposed op reads), (N, k C); returns (R_b (N, C), [stabilizer (N,)])."""
+    axes = _bias_axes(op, 0)
+    reduced = b.reduce("ReduceSum", _concat(b, [s for _, s, _ in groups], cats), axes, keepdims=False, hint="s_red")
+    factors = np.concatenate([(p.group.coeff * p.bias_total).reshape(-1) for p, _, _ in groups])
+    width = factors.size // len(groups)
+    vector = np.concatenate([np.full(width, p.group.coeff * p.eps_sign * p.group.eps) for p, _, _ in groups])
+    rows = b.op("Mul", [reduced, b.const(factors)], "r_bias")
+    stacked = b.op("Reshape", [rows, b.ints([0, len(groups), width])], "r_bias_groups")
+    R_b = b.reduce("ReduceSum", stacked, [1], keepdims=False, hint="R_b_full")
+    b.tails.add_bias(R_b, width, [(reduced, factors)])
+    stab = b.op("MatMul", [reduced, b.const(vector)], "stab")
+    b.tails.add_stab(stab, [("dot", reduced, vector)])
+    return R_b, [stab]
+
+
+def _group_tails(b: GraphBuilder, op, groups: list, flat_bias: bool) -> tuple:
+    """Bias row and stabilizer shares group by group; returns (R_b (N, units) or None, [stabilizer (N,), ...])."""
+    bias_parts, stab_parts, bias_terms = [], [], []
+    for plan, s, share in groups:
+        group = plan.group
+        reduced = None
+        if plan.bias_total is not None:
+            axes = _bias_axes(op, b.layout.axis if op.z_rank is not None else 0)
+            factor = pad_rank(group.coeff * plan.bias_total, op.z_rank)
+            if flat_bias:  # one bias per channel: reduce straight to (N, C), no Reshape after
+                reduced = b.reduce("ReduceSum", s, axes, keepdims=False, hint="s_red")
+                factor = factor.reshape(-1)
+                bias_terms.append((reduced, factor))
+            else:
+                reduced = b.reduce("ReduceSum", s, axes, keepdims=True, hint="s_red") if axes else s
+            bias_parts.append(b.op("Mul", [reduced, b.const(factor)], "r_bias"))
+        if share is None:  # stab = z_g + sign * eps wherever s != 0: the share is sign * eps * sum(s)
+            weight = group.coeff * plan.eps_sign * group.eps
+            if flat_bias and reduced is not None and factor.size > 1:  # (N, C) @ (C,): sum and scale in one node
+                vector = np.full(factor.size, weight)
+                stab_parts.append(b.op("MatMul", [reduced, b.const(vector)], "stab"))
+                b.tails.add_stab(stab_parts[-1], [("dot", reduced, vector)])
+            else:
+                rank = 2 if flat_bias and reduced is not None else op.z_rank  # (N, C) after a flat reduction
+                total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum", rank)
+                stab_parts.append(b.op("Mul", [total, b.const(weight)], "stab"))
+        else:
+            total = b.per_sample_sum(share, "stab_sum", op.z_rank)
+            stab_parts.append(total if group.coeff == 1.0 else b.op("Mul", [total, b.const(group.coeff)], "stab"))
     R_b = None
     if bias_parts:
         R_b = b.add_all(bias_parts, "R_b_full")
@@ -502,8 +554,5 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
         elif op.z_rank != 2 and not flat_bias:  # (N, units, 1, ...) -> (N, units)
             R_b = b.op("Reshape", [R_b, b.ints([0, -1])], "R_b")
         elif flat_bias:
-            b.tails.add_bias(R_b, bias_terms)
-    stab = b.add_all(stab_parts, "stab_all") if stab_parts else None
-    if stab is not None:
-        b.tails.add_stab(stab, stab_terms)
-    return R_x, R_b, stab
+            b.tails.add_bias(R_b, bias_terms[0][1].size, bias_terms)
+    return R_b, stab_parts

@@ -193,8 +193,28 @@ class ConvOp(LinearOp):
         faster than ConvTranspose and in its blocked layout), else ConvTranspose with output_padding."""
         pads = self._flipped_pads()
         if pads is not None:
-            attrs = dict(self.attrs, pads=pads)
-            return b.op("Conv", [s, self._flipped(b, key)], "bwd", **attrs)
+            return b.op("Conv", [s, self._flipped(b, key)], "bwd", **dict(self.attrs, pads=pads))
+        return self._conv_transpose(b, s, self.stored(b, key))
+
+    def transpose_concat(self, b: GraphBuilder, concat, keys: list) -> Optional[str]:
+        """sum_i W_i^T s_i as one op over concat() = Concat(s_1, s_2, ...) along the channels: the transposed
+        weights stacked along its input-channel axis (constant-only ops, folded); None for grouped convolutions
+        (the channels of a group would have to be interleaved)."""
+        if self.attrs.get("group", 1) != 1:
+            return None
+        pads = self._flipped_pads()
+        if pads is not None:
+            tag = ("flip_cat",) + tuple(keys)
+            if tag not in self._weights:
+                self._weights[tag] = b.op("Concat", [self._flipped(b, k) for k in keys], "w_cat", axis=1)
+            return b.op("Conv", [concat(), self._weights[tag]], "bwd", **dict(self.attrs, pads=pads))
+        tag = ("cat",) + tuple(keys)
+        if tag not in self._weights:
+            self._weights[tag] = b.op("Concat", [self.stored(b, k) for k in keys], "w_cat", axis=0)
+        return self._conv_transpose(b, concat(), self._weights[tag])
+
+    def _conv_transpose(self, b: GraphBuilder, s: str, weight: str) -> str:
+        """ConvTranspose(s, weight) with this op's geometry, sized like x."""
         attrs = dict(self.attrs)
         attrs.pop("kernel_shape", None)
         if any(self.output_padding):
@@ -202,13 +222,13 @@ class ConvOp(LinearOp):
         nd = len(self.weight.shape) - 2
         if self.fit in ("SAME_UPPER", "SAME_LOWER"):  # the full transposed grid, then the window the pads cut
             attrs.pop("auto_pad")
-            full = b.op("ConvTranspose", [s, self.stored(b, key)], "bwd_full", **attrs, pads=[0] * (2 * nd))
+            full = b.op("ConvTranspose", [s, weight], "bwd_full", **attrs, pads=[0] * (2 * nd))
             return crop_centre_to(b, full, self.x, 2, nd + 2, upper=self.fit == "SAME_UPPER")
         if self.fit == "tail":  # the grid from the first input position on; its end is fitted to x's size
             pads = list(attrs["pads"])
             attrs["pads"] = pads[:nd] + [0] * nd
-            return pad_tail_to(b, b.op("ConvTranspose", [s, self.stored(b, key)], "bwd", **attrs), self.x, 2, nd + 2)
-        return b.op("ConvTranspose", [s, self.stored(b, key)], "bwd", **attrs)
+            return pad_tail_to(b, b.op("ConvTranspose", [s, weight], "bwd", **attrs), self.x, 2, nd + 2)
+        return b.op("ConvTranspose", [s, weight], "bwd", **attrs)
 
     def _flipped_pads(self) -> Optional[list]:
         """Pads of the flipped-kernel Conv that equals the transpose (stride 1 only), None where there is none."""
