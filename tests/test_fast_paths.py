@@ -152,8 +152,10 @@ def test_gamma_on_a_signed_input_shares_one_positive_part(tmp_path):
     composite.write_text('extends = "base"\n\n[[match]]\ngroup = "convolution"\nrule = "gamma"\ngamma = 0.25\n')
     compiled = onnxlrp.compile(model, str(composite))
     convs = [n for n in compiled.graph.node if n.op_type == "Conv"]
-    forward = [n for n in convs if n.input[0] in ("x",) or "x_pos" in n.input[0] or "x_neg" in n.input[0]]
-    assert len(forward) == 3, [n.input[0] for n in convs]  # the model's own Conv, W+ x+ and W- x-
+    forward = [n for n in convs if n.input[0] in ("x",) or "x_pos" in n.input[0] or "x_neg" in n.input[0]
+               or "x_signed" in n.input[0]]
+    # the model's own Conv and Q = [W+ | W-] over Concat(x+, x-) (tests/test_tails.py checks that form)
+    assert len(forward) == 2, [n.input[0] for n in convs]
     x = rng(13).normal(size=(2,) + x_shape[1:]).astype(np.float32)
     exp = onnxlrp.Explainer(compiled, providers=["CPUExecutionProvider"]).explain(x)
     assert np.all(exp.conservation()["relative_error"] < 1e-5)

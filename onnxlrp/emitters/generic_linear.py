@@ -297,6 +297,12 @@ class _Inputs:
                                  "neg": lambda: b.op("Min", [x, b.const(0.0)], "x_neg")}[kind]()
         return self._cache[kind]
 
+    def signed(self) -> str:
+        """Concat(x+, x-) along the channels: both signs through one op with weights stacked (op.forward_concat)."""
+        if "signed" not in self._cache:
+            self._cache["signed"] = self.b.op("Concat", [self.data("pos"), self.data("neg")], "x_signed", axis=1)
+        return self._cache["signed"]
+
     def const(self, part: Part) -> str:
         """A part's constant input (ones, or per-channel bounds), batch 1 when x's shape is static."""
         key = part.input
@@ -367,6 +373,10 @@ def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: 
         else:
             pieces += [(op.forward(b, inputs.const(part), key), 1.0) for key in part.weight_keys()]
     const = bias if np.any(bias) else None
+    signed = _signed_forward(b, op, inputs, direct, const)
+    if signed is not None:
+        pieces.insert(0, (signed, 1.0))
+        const, direct = None, []
     if direct:
         x, key = direct[0]
         pieces.insert(0, (op.forward_bias(b, x, key, const), 1.0))
@@ -375,6 +385,15 @@ def _denominator(b: GraphBuilder, plan: GroupPlan, op, inputs: _Inputs, shared: 
     if len(pieces) == 1 and const is None and pieces[0][1] == 1.0:
         return pieces[0][0]
     return _weighted_sum(b, pieces, b.const(const, hint="b") if const is not None else None, "z_mod")
+
+
+def _signed_forward(b: GraphBuilder, op, inputs: "_Inputs", direct: list, bias) -> Optional[str]:
+    """W_1 x+ + W_2 x- (+ bias) as one op over Concat(x+, x-) with [W_1 | W_2] (op.forward_concat), None where
+    `direct` is not exactly that pair or the op has no such form."""
+    if len(direct) != 2 or [x for x, _ in direct] != [inputs.data("pos"), inputs.data("neg")]:
+        return None
+    concat = getattr(op, "forward_concat", None)
+    return concat(b, inputs.signed, [key for _, key in direct], bias) if concat else None
 
 
 def _shared_positive(b: GraphBuilder, plan: GroupPlan, op, shared: dict, c: float, bias: np.ndarray,
@@ -398,8 +417,11 @@ def _shared_positive(b: GraphBuilder, plan: GroupPlan, op, shared: dict, c: floa
     if inputs is None:
         q = op.forward_bias(b, op.x, lin_key(0.0, c), bias if np.any(bias) else None)
     else:  # c W+ x+ + c W- x-, W- = W - W+
-        q = b.op("Add", [op.forward_bias(b, inputs.data("pos"), lin_key(0.0, c), bias if np.any(bias) else None),
-                         op.forward(b, inputs.data("neg"), lin_key(c, -c))], "q_signed")
+        direct = [(inputs.data("pos"), lin_key(0.0, c)), (inputs.data("neg"), lin_key(c, -c))]
+        q = _signed_forward(b, op, inputs, direct, bias if np.any(bias) else None)
+        if q is None:
+            q = b.op("Add", [op.forward_bias(b, direct[0][0], direct[0][1], bias if np.any(bias) else None),
+                             op.forward(b, direct[1][0], direct[1][1])], "q_signed")
     shared.setdefault(kind, (q, c, bias))
     return (q, 1.0), np.zeros(1)
 
@@ -465,6 +487,10 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
         b.tails.stab.setdefault(dropped, [("value", dropped)])
 
     x_parts = []
+    signed = _signed_backward(b, op, inputs, backs, cats)
+    if signed is not None:
+        x_parts.append(signed)
+        backs = {kind: entries for kind, entries in backs.items() if kind not in ("pos", "neg")}
     for kind, entries in backs.items():
         back = _transposed_sum(b, op, entries, cats)
         if kind in DATA_INPUTS:
@@ -498,6 +524,28 @@ def _transposed_sum(b: GraphBuilder, op, entries: list, cats: dict) -> str:
         if value is not None:
             return value
     return b.add_all([op.transpose(b, s, key) for _, s, key in entries], "back")
+
+
+def _signed_backward(b: GraphBuilder, op, inputs: "_Inputs", backs: dict, cats: dict) -> Optional[str]:
+    """x+ * (sum_i W_i^T s_i) + x- * (sum_i V_i^T s_i) from one transposed op over Concat(s_1, ...) whose output
+    channels hold both blocks (op.transpose_blocks), one Mul by Concat(x+, x-), one Split and one Add; None where
+    the two inputs do not read the same s in the same order or the op has no such form."""
+    if "pos" not in backs or "neg" not in backs or not hasattr(op, "transpose_blocks"):
+        return None
+    ss = [s for _, s, _ in backs["pos"]]
+    if ss != [s for _, s, _ in backs["neg"]] or len(set(ss)) != len(ss):
+        return None
+    rows = [[key for _, _, key in backs["pos"]], [key for _, _, key in backs["neg"]]]
+    back = op.transpose_blocks(b, lambda: ss[0] if len(ss) == 1 else _concat(b, ss, cats), rows)
+    if back is None:
+        return None
+    product = b.op("Mul", [inputs.signed(), back], "r_in_signed")
+    width = op.weight.shape[1] * op.attrs.get("group", 1)
+    if b.opset >= 13:
+        halves = b.op("Split", [product, b.ints([width, width], "split")], "r_in_half", n_out=2, axis=1)
+    else:
+        halves = b.op("Split", [product], "r_in_half", n_out=2, axis=1, split=[width, width])
+    return b.op("Add", halves, "r_in")
 
 
 def _joint_tails(b: GraphBuilder, op, groups: list, cats: dict) -> tuple:

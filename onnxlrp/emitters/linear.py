@@ -197,21 +197,44 @@ class ConvOp(LinearOp):
         return self._conv_transpose(b, s, self.stored(b, key))
 
     def transpose_concat(self, b: GraphBuilder, concat, keys: list) -> Optional[str]:
-        """sum_i W_i^T s_i as one op over concat() = Concat(s_1, s_2, ...) along the channels: the transposed
-        weights stacked along its input-channel axis (constant-only ops, folded); None for grouped convolutions
-        (the channels of a group would have to be interleaved)."""
+        """sum_i W_i^T s_i as one op over concat() = Concat(s_1, s_2, ...) along the channels (see
+        transpose_blocks)."""
+        return self.transpose_blocks(b, concat, [keys])
+
+    def transpose_blocks(self, b: GraphBuilder, concat, rows: list) -> Optional[str]:
+        """Concat over r of (sum_i W_{r,i}^T s_i) along the channels, as one op over concat() = Concat(s_1, ...):
+        the transposed weights laid out as blocks, rows along its output channels and the s_i along its input
+        channels (constant-only ops, folded); None for grouped convolutions (a group's channels would have to be
+        interleaved)."""
         if self.attrs.get("group", 1) != 1:
             return None
         pads = self._flipped_pads()
-        if pads is not None:
-            tag = ("flip_cat",) + tuple(keys)
-            if tag not in self._weights:
-                self._weights[tag] = b.op("Concat", [self._flipped(b, k) for k in keys], "w_cat", axis=1)
-            return b.op("Conv", [concat(), self._weights[tag]], "bwd", **dict(self.attrs, pads=pads))
-        tag = ("cat",) + tuple(keys)
+        tag = ("blocks", pads is not None) + tuple(tuple(keys) for keys in rows)
         if tag not in self._weights:
-            self._weights[tag] = b.op("Concat", [self.stored(b, k) for k in keys], "w_cat", axis=0)
+            if pads is not None:  # flipped kernels (Cin, Cout, ...): s along axis 1, rows along axis 0
+                blocks = [self._stack(b, [self._flipped(b, k) for k in keys], 1) for keys in rows]
+                self._weights[tag] = self._stack(b, blocks, 0)
+            else:  # ConvTranspose weights (Cout, Cin, ...): s along axis 0, rows along axis 1
+                blocks = [self._stack(b, [self.stored(b, k) for k in keys], 0) for keys in rows]
+                self._weights[tag] = self._stack(b, blocks, 1)
+        if pads is not None:
+            return b.op("Conv", [concat(), self._weights[tag]], "bwd", **dict(self.attrs, pads=pads))
         return self._conv_transpose(b, concat(), self._weights[tag])
+
+    def forward_concat(self, b: GraphBuilder, concat, keys: list, bias: Optional[np.ndarray]) -> Optional[str]:
+        """sum_i Conv(x_i, W_i) (+ bias) as one Conv over concat() = Concat(x_1, ...) with [W_1 | W_2 | ...]
+        along the input channels; None for grouped convolutions."""
+        if self.attrs.get("group", 1) != 1:
+            return None
+        tag = ("fwd_cat",) + tuple(keys)  # a weight key of its own: stored() finds it cached
+        if tag not in self._weights:
+            self._weights[tag] = self._stack(b, [self.stored(b, k) for k in keys], 1)
+        return self.forward_bias(b, concat(), tag, bias)
+
+    @staticmethod
+    def _stack(b: GraphBuilder, names: list, axis: int) -> str:
+        """Concat of constant weights along axis (itself for one)."""
+        return names[0] if len(names) == 1 else b.op("Concat", names, "w_cat", axis=axis)
 
     def _conv_transpose(self, b: GraphBuilder, s: str, weight: str) -> str:
         """ConvTranspose(s, weight) with this op's geometry, sized like x."""
