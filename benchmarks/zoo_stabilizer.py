@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         zero_shares = {}
         for eps in args.epsilon or [1e-6, 0.0]:
             total, share, shares, _ = node_shares(path, x, eps)
-            print(f"epsilon {eps:g}: explained logit {np.array2string(total, precision=3)}, stabilizer share "
+            print(f"epsilon {eps:g}: explained logit {' '.join(f'{t:.3g}' for t in total)}, stabilizer share "
                   f"{np.array2string(share, precision=4)}")
             ranked = sorted(shares, key=lambda k: -float(np.mean(np.abs(shares[k]))))
             for k in ranked[:args.top]:
