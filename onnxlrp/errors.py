@@ -84,13 +84,18 @@ def format_node_problems(problems: Iterable[NodeProblem], lead: str = "") -> str
     groups: dict[tuple[str, str, str], list[str]] = {}
     for p in problems:
         groups.setdefault((p.op_type, p.reason, p.hint), []).append(p.name)
+    shared = Counter(hint for (_, _, hint) in groups if hint)  # a hint of several groups is said once, at the end
     parts = []
     for (op, reason, hint), names in groups.items():
         shown = ", ".join(names[:5]) + (f", ... ({len(names) - 5} more)" if len(names) > 5 else "")
         part = f"{op} x{len(names)} ({shown}): {reason}"
-        if hint:
+        if hint and shared[hint] == 1:
             part += f" [{hint}]"
         parts.append(part)
+    for hint, count in shared.items():
+        if count > 1:
+            nodes = sum(len(names) for (_, _, h), names in groups.items() if h == hint)
+            parts.append(f"for {nodes} of these nodes: {hint}")
     total = sum(Counter(p.op_type for p in problems).values())
     if lead:
         return f"{lead}: {total} such node(s): " + "; ".join(parts)

@@ -375,6 +375,9 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # what could not be folded, for the error messages
+READS_DYNAMIC_AXIS = "it reads the dynamic axis"  # why_not_constant's reason that a static input size removes
+
+
 def why_not_constant(index, name: str) -> str:
     """Why a value the compiler needs as a constant is computed at run time, after folding: the model input it
     is computed from, the dynamic axis it reads through a Shape, or the node that could not be folded."""
@@ -398,7 +401,7 @@ def why_not_constant(index, name: str) -> str:
             dynamic = [a for a in range(start, end) if info.shape[a] is None]
             if dynamic:
                 axes = ", ".join(map(str, dynamic))
-                return f"it reads the dynamic axis {axes} of {source!r} (node {node.name!r})"
+                return f"{READS_DYNAMIC_AXIS} {axes} of {source!r} (node {node.name!r})"
             continue
         pending = [i for i in node.input if i and i not in index.constants]
         if not pending:

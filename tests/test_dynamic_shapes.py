@@ -187,3 +187,30 @@ def test_reshape_rank_through_cast_chain():
         y = flat @ w
         want = flat * w[:, 2] * (y[:, 2:3] / (y[:, 2:3] + 1e-6 * np.sign(y[:, 2:3])))
         assert_close(exp.relevance["x"].reshape(n, 12), want, 1e-5)
+
+
+def test_sizes_read_from_a_dynamic_axis_say_how_to_specialise():
+    """A Swin-like window padding (pads = (2 - W % 2) % 2, read from Shape(x)) and a Slice whose end is Shape(x)[1]:
+    refused in one line naming both nodes and the axis they read, ending with the --shape hint; compiled with that
+    shape, R_x equals the dense float64 epsilon rule of the MatMul after the padding (the pad column gets nothing)."""
+    import onnxlrp
+    w = rng(8).normal(size=(6, 3)).astype(np.float32)
+    consts = {"two": np.array([2], np.int64), "zeros3": np.zeros(3, np.int64), "zero": np.array([0], np.int64),
+              "one": np.array([1], np.int64), "W": w}
+    nodes = [mk("Shape", ["x"], ["s"]), mk("Slice", ["s", "one", "two"], ["width"]),
+             mk("Mod", ["width", "two"], ["rem"]), mk("Sub", ["two", "rem"], ["gap"]), mk("Mod", ["gap", "two"], ["pad"]),
+             mk("Concat", ["zeros3", "pad"], ["pads"], axis=0), mk("Pad", ["x", "pads"], ["xp"], name="window_pad"),
+             mk("Shape", ["xp"], ["sp"]), mk("Slice", ["sp", "one", "two"], ["end"]),
+             mk("Slice", ["xp", "zero", "end", "one"], ["xs"], name="crop"), mk("MatMul", ["xs", "W"], ["y"])]
+    model = make_model(nodes, [tensor("x", ["N", "W"])], [tensor("y", [None, 3])], consts, opset=17)
+    hint = r"for 2 of these nodes: compile for one input size: --shape x=1,H \(Python: shapes=\{'x': \(1, H\)\}\)$"
+    with pytest.raises(UnsupportedModelError, match=r"Pad x1 \(window_pad\): its input 'pads' is not a constant \(it "
+                                                    r"reads the dynamic axis 0, 1 of 'x' .*Slice x1 \(crop\): .*" + hint):
+        onnxlrp.compile(model, "epsilon")
+    x = rng(9).normal(size=(2, 5)).astype(np.float32)
+    compiled = onnxlrp.compile(model, "epsilon", params={"epsilon": 0.25}, shapes={"x": (2, 5)})
+    exp = onnxlrp.Explainer(compiled).explain(x, target=1)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)[:5]
+    z = x64 @ w64[:, 1]
+    want = x64 * w64[:, 1] * (z / (z + 0.25 * np.where(z < 0, -1.0, 1.0)))[:, None]  # R = z_1 (logit seed)
+    assert_close(exp.relevance["x"], want)

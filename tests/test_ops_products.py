@@ -237,3 +237,48 @@ def test_division_by_an_activation_is_refused():
     with pytest.raises(UnsupportedModelError, match=r"Div x1 \(prod\): both operands carry data \(dividing by an "
                                                     r"activation is not linear"):
         explain_dense(model, {"a": np.ones((1, 3)), "b": np.ones((1, 3))}, np.ones((1, 3), F32))
+
+
+@pytest.mark.parametrize("spelling", ["reduce_l2", "sqrt_of_sum"])
+def test_grn_ratio_of_statistics_is_held_constant(spelling):
+    """ConvNeXtV2's GRN y = x + gamma * (x * Nx) + beta, Nx = ||x||_HW / (mean_C ||x||_HW + eps): Nx (a ratio of two
+    statistics) is held constant, so with LRP-0 everywhere R_x = (y - beta) / y * R and beta keeps beta / y * R
+    (dense float64 NumPy); the statistic's branch (its Div included) is pruned."""
+    C = 3
+    gamma = np.array([0.5, -1.5, 2.0], F32).reshape(1, C, 1, 1)
+    beta = np.array([0.25, -0.5, 0.75], F32).reshape(1, C, 1, 1)
+    if spelling == "reduce_l2":
+        norm = [helper.make_node("ReduceL2", ["x"], ["gx"], axes=[2, 3], keepdims=1)]
+    else:
+        norm = [helper.make_node("Mul", ["x", "x"], ["sq"]),
+                helper.make_node("ReduceSum", ["sq", "hw"], ["ss"], keepdims=1),
+                helper.make_node("Sqrt", ["ss"], ["gx"])]
+    nodes = norm + [helper.make_node("ReduceMean", ["gx"], ["mc"], axes=[1], keepdims=1),
+                    helper.make_node("Add", ["mc", "eps"], ["den"]),
+                    helper.make_node("Div", ["gx", "den"], ["nx"], name="ratio"),
+                    helper.make_node("Mul", ["x", "nx"], ["xn"], name="gated"),
+                    helper.make_node("Mul", ["gamma", "xn"], ["gxn"]), helper.make_node("Add", ["beta", "gxn"], ["r"]),
+                    helper.make_node("Add", ["x", "r"], ["y"], name="residual")]
+    model = make_model(nodes, [tensor("x", ["N", C, 4, 5])], [tensor("y", [None] * 4)],
+                       {"eps": np.array(1e-6, F32), "gamma": gamma, "beta": beta, "hw": np.array([2, 3], np.int64)},
+                       opset=17)
+    g = rng(7)
+    x = g.normal(size=(2, C, 4, 5)).astype(F32)
+    y = forward(model, {"x": x})[0].astype(np.float64)
+    x64 = x.astype(np.float64)
+    gx = np.sqrt((x64 ** 2).sum(axis=(2, 3), keepdims=True))
+    nx = gx / (gx.mean(axis=1, keepdims=True) + 1e-6)
+    assert_close(y, x64 + gamma * (x64 * nx) + beta, what="forward")
+    R = seed_like(y, g).astype(np.float64)
+    rules = {"sum": ("norm", {"stabilizer": 0.0}), "affine": ("epsilon", {"epsilon": 0.0}),
+             "normalization": ("gate", {"epsilon": 0.0})}
+    res = explain_dense(model, {"x": x}, R.astype(F32), rules)
+    assert_close(res.relevance["x"], (y - beta) / y * R)
+    assert_close(sum(res.bias.values()), (beta / y * R).sum(axis=(2, 3)), what="beta's relevance per channel")
+    assert res.conservation_error(R) < 1e-5
+    from onnxlrp.canonicalize import canonicalize
+    from onnxlrp.compiler import plan_model
+    from onnxlrp.composites import load_composite
+    plan = plan_model(canonicalize(model), load_composite("epsilon_plus"), None)
+    kept = {n.name for n in plan.nodes}
+    assert "ratio" not in kept and plan.rules["gated"].name == "gate"

@@ -1,8 +1,8 @@
 """The zoo sweep's representative subset (benchmarks/zoo_sweep.py runs it all): fastvit_t8 (trained-like, legacy
-exporter: its parallel branches merged; untrained models with both exporters: tests/test_fold.py), every
-shipped Keras fixture (tf2onnx) and the scikit-learn MLP pipeline (skl2onnx). Each row's compiled logits must equal the
-source framework's (torch, Keras, scikit-learn: 1e-4 relative) and total = inputs + biases + stabilizer must hold to
-1e-4."""
+exporter: its parallel branches merged), convnextv2_atto (trained-like, legacy: GRN's ratio of statistics held
+constant; untrained models with both exporters are in tests/test_fold.py), every shipped Keras fixture (tf2onnx) and the
+scikit-learn MLP pipeline (skl2onnx). Each row's compiled logits must equal the source framework's (torch, Keras,
+scikit-learn: 1e-4 relative) and total = inputs + biases + stabilizer must hold to 1e-4."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,6 +15,7 @@ from zoo_sweep_runs import CONSERVATION, OUTPUT, timm_row
 # (model, weights, exporter): why each is in the subset 
 TIMM_CASES = [
     ("fastvit_t8", "trained", "legacy"),    # parallel reparameterisable branches merged into one Conv (RepMixer)
+    ("convnextv2_atto", "trained", "legacy"),  # GRN: x times a ratio of two statistics, held constant
 ]
 SKLEARN_CASES = ["Pipeline(StandardScaler, MLPClassifier)"]  # the linear pipeline: tests/test_sklearn_linear.py
 

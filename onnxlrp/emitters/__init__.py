@@ -68,9 +68,13 @@ class NodeView:
         return self.index.constants.get(name) if name else None
 
     def not_constant(self, what: str, name: str) -> str:
-        """'<what> <name> is not a constant (why: the input, dynamic axis or unfoldable node it comes from)'."""
-        from ..fold import why_not_constant
-        return f"{what} {name!r} is not a constant ({why_not_constant(self.index, name)})"
+        """'<what> <name> is not a constant (why: the input, dynamic axis or unfoldable node it comes from)'; a
+        NeedsStaticSize (the error then says how to compile for one input size) when it reads a dynamic axis."""
+        from ..fold import READS_DYNAMIC_AXIS, why_not_constant
+        from ..specialise import NeedsStaticSize
+        why = why_not_constant(self.index, name)
+        text = f"{what} {name!r} is not a constant ({why})"
+        return NeedsStaticSize(text) if why.startswith(READS_DYNAMIC_AXIS) else text
 
     def info(self, name: str) -> Optional[TensorInfo]:
         """Static type and shape of a value."""

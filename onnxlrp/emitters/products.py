@@ -14,7 +14,8 @@ Rules (z = a * b or z = a @ b, s = R / stab(z)):
   gate       a sigmoid-type gate in any spelling arithmetic.gate_of knows (Sigmoid, HardSigmoid, a clip of a shifted
              value, 1 / (1 + exp(-u)), 1 + erf, 1 + tanh: swish, hard-swish, GELU, squeeze-excitation), or the
              divisor 1 + exp(-u) of a swish written x / (1 + exp(-u));
-  statistic  a normalisation statistic (1 / sqrt(mean(x^2) + eps) and the like: decomposed LayerNorm, RMSNorm);
+  statistic  a normalisation statistic (1 / sqrt(mean(x^2) + eps) and the like: decomposed LayerNorm, RMSNorm;
+             arithmetic of two statistics: GRN's ||x|| / (mean_C ||x|| + eps));
   attention  the output of a Softmax (the attention weights of A @ v);
   activation the output of a non-linear activation when the other factor is not one (a gated MLP's gate).
 The first two kinds are always held constant (group 'affine'/'dense' and 'activation'), a statistic under the
@@ -66,8 +67,9 @@ def _through(view: NodeView, name: str, depth: int, step: Callable) -> Optional[
 
 
 def statistic_of(view: NodeView, name: str) -> Optional[str]:
-    """The reduction behind a normalisation statistic (e.g. 1 / sqrt(ReduceMean(x^2) + eps)), followed back
-    through Sqrt, Reciprocal, Pow, constant arithmetic and shape-only ops; None if `name` is not one."""
+    """The reduction behind a normalisation statistic (e.g. 1 / sqrt(ReduceMean(x^2) + eps), or GRN's
+    ||x|| / (mean_C ||x|| + eps)), followed back through Sqrt, Reciprocal, Pow, constant arithmetic, arithmetic of
+    two statistics and shape-only ops; None if `name` is not one."""
     def step(node):
         if node.op_type in REDUCTIONS:
             return node.op_type
@@ -77,6 +79,10 @@ def statistic_of(view: NodeView, name: str) -> Optional[str]:
             others = [i for i in node.input[1:] if i]
             if all(_constant_operand(view, i) for i in others):
                 return _statistic_input(view, node.input[0])
+        if node.op_type in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2 and \
+                not any(_constant_operand(view, i) for i in node.input):  # arithmetic of two statistics (GRN)
+            first = statistic_of(view, node.input[0])  # short-circuit: the second is asked only after a hit
+            return first if first and statistic_of(view, node.input[1]) else False
         return None
     return _through(view, name, 0, step)
 

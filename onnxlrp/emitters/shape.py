@@ -10,7 +10,7 @@ import numpy as np
 from ..builder import GraphBuilder
 from ..errors import CompileError
 from ..rules import Pass, Rule
-from ..specialise import StaticSizeError
+from ..specialise import NeedsStaticSize, StaticSizeError
 from . import Emitted, NodeView, register
 from .embedding import check_embedding, emit_embedding, is_embedding
 from .interpolation import resize_matrix
@@ -248,7 +248,10 @@ def _check_slice(view: NodeView) -> Optional[str]:
     """Slice: starts, ends, axes, steps known at compile time."""
     for name in view.inputs[1:]:
         if name and _known(view, name) is None:
-            return f"its input {name!r} is not known at compile time"
+            from ..fold import READS_DYNAMIC_AXIS, why_not_constant
+            why = why_not_constant(view.index, name)
+            text = f"its input {name!r} is not known at compile time ({why})"
+            return NeedsStaticSize(text) if why.startswith(READS_DYNAMIC_AXIS) else text
     return None
 
 
