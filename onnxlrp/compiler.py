@@ -28,6 +28,7 @@ from .trust import CONSERVATION_KEY, DIGEST_KEY, graph_digest, parse_metadata
 from .targets import MASK_INPUT, mask_input_info, masked_seed
 from .specialise import NeedsStaticSize, StaticSizeError, specialise, static_size_hint
 from .tails import batched_bias, stabilizer_total
+from .vanishing import vanishing_nonpositive, vanishing_values
 
 METADATA_KEY = "onnxlrp"
 # graph outputs that carry forward values or the seed, not relevance: _unscale_outputs leaves them alone
@@ -281,6 +282,10 @@ def plan_model(model: onnx.ModelProto, composite: Composite, output: Optional[st
         plan.rules[name] = rule
     if problems:
         raise UnsupportedModelError(problems)
+    vanishing = vanishing_values(plan)
+    nonpositive = vanishing_nonpositive(plan, vanishing)
+    for view in plan.views.values():
+        view.vanishing, view.vanishing_nonpositive = vanishing, nonpositive
     return plan
 
 

@@ -27,6 +27,8 @@ class NodeView:
     index: GraphIndex
     relevant: frozenset  # names of the node's inputs that carry relevance
     nonnegative: frozenset = frozenset()  # names of values known to be >= 0 (after Relu, ...)
+    vanishing: frozenset = frozenset()  # values whose relevance is provably 0 wherever they are 0 (vanishing.py)
+    vanishing_nonpositive: frozenset = frozenset()  # ... wherever they are <= 0 (a Relu reads them)
     _inputs: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
     _outputs: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 

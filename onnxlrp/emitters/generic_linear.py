@@ -451,6 +451,8 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
         raise CompileError(f"rule {rule.name!r} does not apply to a linear node")
     x_nonneg = op.x in view.nonnegative
     plans = plan_groups(rule, op, x_nonneg)
+    if op.z in view.vanishing_nonpositive:  # R is 0 wherever z <= 0: a z < 0 group carries nothing
+        plans = [p for p in plans if p.group.mask != "neg"]
     inputs = _Inputs(b, view, op)
     shared: dict = {}  # the one W+ x convolution the reused denominators share
     masks: dict = {}
@@ -480,7 +482,8 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
         R_b, stab_parts = _joint_tails(b, op, groups, cats)
     else:
         R_b, stab_parts = _group_tails(b, op, groups, flat_bias)
-    if any(p.group.mask is not None for p in plans):  # relevance at units with z == 0 flows nowhere: report it
+    # relevance at units with z == 0 flows nowhere: report it, unless it is provably 0 there (vanishing.py)
+    if any(p.group.mask is not None for p in plans) and op.z not in view.vanishing:
         is_zero = b.op("Equal", [op.z, b.const(0.0)], "z_is_zero")
         dropped = b.per_sample_sum(b.op("Where", [is_zero, R, b.const(0.0)], "R_dropped"), "dropped", op.z_rank)
         stab_parts.append(dropped)
