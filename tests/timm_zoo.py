@@ -8,7 +8,7 @@ of every family, built with num_classes=10 and pretrained=False, in two weight s
   BatchNorm's running mean and variance and every other 1-D parameter (layer scales, gammas) made non-trivial and
   distinct, with a fixed seed (perturb()).
 
-Inputs are 64x64 (96x96 where the architecture needs more), a batch of two from a fixed seed.
+Inputs are 64x64 (96x96 or 224x224 where the architecture needs more), a batch of two from a fixed seed.
 """
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ ZOO_LIST: list = [
     *_entries("Inception", "inception_v3", size=96),
     *_entries("Inception", "inception_next_atto"),
     *_entries("Xception", "legacy_xception xception41p"),
-    TimmModel("vgg11_bn", "VGG", kwargs={"mlp_ratio": 0.125}),  # the 4096-wide pre-logits ConvMlp cut to 512
+    # the 4096-wide pre-logits ConvMlp cut to 512; 224x224: its 7x7 adaptive pool needs a multiple of 7 (legacy exporter)
+    TimmModel("vgg11_bn", "VGG", size=224, kwargs={"mlp_ratio": 0.125}),
     *_entries("ConvNeXt/V2", "convnext_atto convnextv2_atto"),
     *_entries("RepVGG/MobileOne", "repvgg_a0 mobileone_s0"),
     *_entries("ReXNet", "rexnet_100"),
