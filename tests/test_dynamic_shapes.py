@@ -214,3 +214,50 @@ def test_sizes_read_from_a_dynamic_axis_say_how_to_specialise():
     z = x64 @ w64[:, 1]
     want = x64 * w64[:, 1] * (z / (z + 0.25 * np.where(z < 0, -1.0, 1.0)))[:, None]  # R = z_1 (logit seed)
     assert_close(exp.relevance["x"], want)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_gather_with_indices_computed_from_the_batch_size_moves_relevance_back(opset):
+    """torch's dynamo exporter writes as_strided as a Gather of the flattened tensor whose indices are arithmetic on
+    Shape(x) (the batch size): a layout change computed at run time. Here the indices reverse each sample's 6 units
+    (n * 6 + 5 - j); R_x equals the dense float64 epsilon rule of MatMul -> reversal -> MatMul (ScatterElements with
+    reduction 'add' from opset 16, a one-hot MatMul below). Indices computed from data are still refused."""
+    import onnxlrp
+    w1 = rng(10).normal(size=(4, 6)).astype(np.float32)
+    w2 = rng(11).normal(size=(6, 3)).astype(np.float32)
+    consts = {"W1": w1, "W2": w2, "zero": np.array(0, np.int64), "one": np.array(1, np.int64),
+              "first": np.array([0], np.int64), "second": np.array([1], np.int64), "six": np.array(6, np.int64),
+              "five": np.array(5, np.int64), "six1": np.array([6], np.int64), "flat": np.array([-1], np.int64)}
+    nodes = [mk("MatMul", ["x", "W1"], ["y"]), mk("Reshape", ["y", "flat"], ["y_flat"]),
+             mk("Shape", ["y"], ["s"]), mk("Slice", ["s", "first", "second"], ["n1"]),
+             mk("Squeeze", ["n1", "first"], ["n"]), mk("Mul", ["n", "six"], ["total"]),
+             mk("Range", ["zero", "total", "one"], ["r"]), mk("Concat", ["n1", "six1"], ["grid"], axis=0),
+             mk("Reshape", ["r", "grid"], ["r2"]), mk("Div", ["r2", "six"], ["row"]), mk("Mod", ["r2", "six"], ["col"]),
+             mk("Mul", ["row", "six"], ["base"]), mk("Sub", ["five", "col"], ["rev"]), mk("Add", ["base", "rev"], ["idx"]),
+             mk("Gather", ["y_flat", "idx"], ["p"], axis=0, name="as_strided"), mk("MatMul", ["p", "W2"], ["out"])]
+    model = make_model(nodes, [tensor("x", ["N", 4])], [tensor("out", [None, 3])], consts, opset=opset)
+    x = rng(12).normal(size=(3, 4)).astype(np.float32)
+    compiled = onnxlrp.compile(model, "epsilon", params={"epsilon": 0.25})
+    exp = onnxlrp.Explainer(compiled).explain(x, target=2)
+
+    def stab(z):
+        return z + 0.25 * np.where(z < 0, -1.0, 1.0)
+
+    x64, w1_64, w2_64 = x.astype(np.float64), w1.astype(np.float64), w2.astype(np.float64)
+    y = x64 @ w1_64
+    p = y[:, ::-1]
+    z = p @ w2_64[:, 2]
+    r_p = p * w2_64[:, 2] * (z / stab(z))[:, None]
+    r_y = r_p[:, ::-1]
+    want = x64 * ((r_y / stab(y)) @ w1_64.T)
+    assert_close(exp.output, y[:, ::-1] @ w2_64, 1e-5)
+    assert_close(exp.relevance["x"], want, 1e-5)
+
+    data_nodes = nodes[:-2] + [mk("Cast", ["x"], ["xi"], to=7), mk("ReduceMax", ["xi"], ["m"], keepdims=0),
+                               mk("Add", ["idx", "m"], ["idx_data"]),
+                               mk("Gather", ["y_flat", "idx_data"], ["p"], axis=0, name="as_strided"),
+                               mk("MatMul", ["p", "W2"], ["out"])]
+    with pytest.raises(UnsupportedModelError, match=r"Gather x1 \(as_strided\): its indices 'idx_data' is not a "
+                                                    r"constant \(it is computed from the model input 'x'\)"):
+        onnxlrp.compile(make_model(data_nodes, [tensor("x", ["N", 4])], [tensor("out", [None, 3])], consts,
+                                   opset=opset), "epsilon")

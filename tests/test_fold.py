@@ -193,19 +193,22 @@ def test_a_folder_that_changes_the_model_is_caught(monkeypatch):
         onnxlrp.compile(model, "epsilon")
 
 
-def test_a_value_read_from_a_dynamic_axis_is_named_in_the_error():
-    """A Gather whose indices come from the batch size: nothing folds them, and the error says they read axis 0 of
-    x. (An Add of an activation and such a value is explained: a run-time offset is a bias, see
-    test_ops_arithmetic.test_runtime_offset_is_a_bias.)"""
+def test_a_gather_by_an_index_read_from_a_dynamic_axis_is_explained():
+    """A Gather whose index comes from the batch size (N - 1) depends on no data: nothing folds it, and relevance
+    is moved back at run time; R_x equals the dense float64 epsilon rule of the Gemm's column N - 1. (The error that
+    names a dynamic axis for ops that need a constant: test_dynamic_shapes.test_sizes_read_from_a_dynamic_axis_...)"""
+    w = np.random.default_rng(0).normal(size=(3, 2)).astype(np.float32)
     nodes = [helper.make_node("Shape", ["x"], ["shape"], name="the_shape"),
              helper.make_node("Gather", ["shape", "zero"], ["n"]),
              helper.make_node("Sub", ["n", "one"], ["index"]),
              helper.make_node("Gemm", ["x", "w"], ["h"]),
              helper.make_node("Gather", ["h", "index"], ["y"], name="the_gather", axis=1)]
     model = make_model(nodes, [tensor("x", ["N", 3])], [tensor("y", ["N"])],
-                       {"zero": np.array(0, np.int64), "one": np.array(1, np.int64), "w": np.ones((3, 2), np.float32)})
-    with pytest.raises(UnsupportedModelError) as info:
-        onnxlrp.compile(model)
-    message = str(info.value)
-    assert "Gather x1 (the_gather)" in message
-    assert "reads the dynamic axis 0 of 'x' (node 'the_shape')" in message
+                       {"zero": np.array(0, np.int64), "one": np.array(1, np.int64), "w": w})
+    x = np.random.default_rng(1).normal(size=(2, 3)).astype(np.float32)
+    exp = onnxlrp.Explainer(onnxlrp.compile(model, "epsilon", params={"epsilon": 0.25})).explain(x)
+    x64, column = x.astype(np.float64), w.astype(np.float64)[:, 1]
+    z = x64 @ column
+    np.testing.assert_allclose(exp.output, z, rtol=1e-6)
+    want = x64 * column * (z / (z + 0.25 * np.where(z < 0, -1.0, 1.0)))[:, None]
+    np.testing.assert_allclose(exp.relevance["x"], want, rtol=1e-5, atol=1e-7)

@@ -311,9 +311,14 @@ def _check_gather(view: NodeView) -> Optional[str]:
     (embedding.py)."""
     if is_embedding(view):
         return check_embedding(view)
-    if view.const(view.inputs[1]) is None:
-        return view.not_constant("its indices", view.inputs[1])
     shape = view.shape(view.inputs[0])
+    if view.const(view.inputs[1]) is None:
+        from ..fold import computed_from_shapes_only
+        if not computed_from_shapes_only(view.index, view.inputs[1]):
+            return view.not_constant("its indices", view.inputs[1])
+        if shape is None or view.shape(view.inputs[1]) is None:
+            return f"the rank of its input {view.inputs[0]!r} or of its indices is not known at compile time"
+        return None  # indices computed from the input's sizes alone (a layout change): moved back at run time
     if shape is None:
         return f"the rank of its input {view.inputs[0]!r} is not known at compile time"
     axis = view.attr("axis", 0) % len(shape)
@@ -333,6 +338,9 @@ def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     shape = view.shape(x)
     rank = len(shape)
     axis = view.attr("axis", 0) % rank
+    if view.const(view.inputs[1]) is None:
+        return Emitted([_gather_back_runtime(b, x, R[0], axis, rank, view.inputs[1], len(view.shape(view.inputs[1]))),
+                        None])
     indices = view.const(view.inputs[1]).astype(np.int64)
     flat = (np.where(indices < 0, indices + shape[axis], indices) if shape[axis] is not None else indices).reshape(-1)
     if indices.ndim == 1:
@@ -354,6 +362,34 @@ def emit_gather(b: GraphBuilder, view: NodeView, rule: Rule, R: list) -> Emitted
     if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):  # a contiguous run: Pad back
         return Emitted([spread_back(b, R_flat, axis, rank, int(flat[0]), 1, flat.size, shape[axis]), None])
     return Emitted([scatter_back(b, R_flat, x, axis, rank, flat, along(view, x, axis)), None])
+
+
+def _gather_back_runtime(b: GraphBuilder, x: str, R: str, axis: int, rank: int, indices: str, k: int) -> str:
+    """R_x[.., i, ..] = sum of R_y over the positions whose index is i, for indices computed at run time from the
+    input's sizes (k of them axes): R_y's index axes flattened into one, negative indices wrapped, then
+    ScatterElements with reduction 'add' into zeros shaped like x (opset >= 16) or R @ OneHot(indices, length)."""
+    r_shape = b.op("Shape", [R], "R_shape")
+    parts = [b.op("Slice", [r_shape, b.ints([0]), b.ints([axis])], "R_head")] if axis else []
+    parts.append(b.ints([-1]))
+    if axis + 1 < rank:
+        parts.append(b.op("Slice", [r_shape, b.ints([axis + k]), b.ints([rank - 1 + k])], "R_tail"))
+    R_flat = b.op("Reshape", [R, b.op("Concat", parts, "R_target", axis=0) if len(parts) > 1 else parts[0]],
+                  "R_flat")
+    length = b.op("Slice", [b.op("Shape", [x], "x_shape"), b.ints([axis]), b.ints([axis + 1])], "axis_len")
+    flat = b.op("Reshape", [indices, b.ints([-1])], "indices_flat")
+    negative = b.op("Cast", [b.op("Less", [flat, b.const(0, dtype=np.int64)], "negative")], "neg_i", to=7)
+    flat = b.op("Add", [flat, b.op("Mul", [negative, length], "shift")], "indices_wrapped")
+    if b.opset >= 16:
+        shape = [1] * axis + [-1] + [1] * (rank - axis - 1)
+        positions = b.op("Expand", [b.op("Reshape", [flat, b.ints(shape)], "positions"),
+                                    b.op("Shape", [R_flat], "R_flat_shape")], "indices_full")
+        return b.op("ScatterElements", [b.zeros_like(x, "R_x0"), positions, R_flat], "R_back", axis=axis,
+                    reduction="add")
+    one_hot = b.op("OneHot", [flat, length, b.const([0.0, 1.0], hint="off_on")], "one_hot", axis=-1)
+    perm = [i for i in range(rank) if i != axis] + [axis]
+    moved = R_flat if axis == rank - 1 else b.op("Transpose", [R_flat], "R_T", perm=perm)
+    back = b.op("MatMul", [moved, one_hot], "R_axis")
+    return back if axis == rank - 1 else b.op("Transpose", [back], "R_back", perm=[int(i) for i in np.argsort(perm)])
 
 
 def _gather_back_dynamic(b: GraphBuilder, x: str, R: str, axis: int, rank: int, indices: np.ndarray) -> str:
