@@ -13,7 +13,6 @@ from onnx import helper
 
 import onnxlrp
 from onnxlrp import fold
-from onnxlrp.errors import UnsupportedModelError
 from onnxlrp.fold import FoldingError, fold_constants
 from ops_harness import make_model, tensor
 from torch_utils import EXPORTERS, export, relative_l2, zennit_relevance
