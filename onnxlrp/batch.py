@@ -174,7 +174,10 @@ def _reshape(index: GraphIndex, node: onnx.NodeProto, layout: Layout, batch: Opt
         return layout.moved(k)
     if len(y) < len(x) and _target_entry(index, node, k) == -1:  # x.view(-1, H): what followed the batch joins it
         return Layout(k, layout.outer, None)
-    return layout.moved(k) if len(x) == len(y) else None
+    # not proven: the batch stays the leading part of axis k (the axes before it are carried over and a reshape keeps
+    # the flat order), possibly merged with what follows it (MobileViT's (N, C, H, W) -> (N * C * h, ...)):
+    # per-sample sums then group axis k's entries by sample at run time
+    return Layout(k, 1, None)
 
 
 def _target_entry(index: GraphIndex, node: onnx.NodeProto, k: int) -> Optional[int]:
