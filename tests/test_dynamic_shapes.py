@@ -261,3 +261,37 @@ def test_gather_with_indices_computed_from_the_batch_size_moves_relevance_back(o
                                                     r"constant \(it is computed from the model input 'x'\)"):
         onnxlrp.compile(make_model(data_nodes, [tensor("x", ["N", 4])], [tensor("out", [None, 3])], consts,
                                    opset=opset), "epsilon")
+
+
+def test_batch_merged_by_a_reshape_of_unknown_sizes_is_summed_per_sample():
+    """A Reshape whose target is computed from Shape (N, C, 3) -> (N * C, 3, 1), as MobileViT's legacy export
+    unfolds patches into the batch axis: per-sample sums (stabilizer, bias rows) group the merged axis by sample.
+    R_x equals the dense float64 epsilon rule of MatMul -> reshape -> MatMul -> reshape -> Gemm, and every sample
+    conserves (before, the stabilizer sum was (N * 2,) and onnxruntime failed)."""
+    import onnxlrp
+    w1, w2, w3 = (rng(20 + i).normal(size=s).astype(np.float32) for i, s in enumerate([(4, 3), (1, 5), (30, 2)]))
+    consts = {"W1": w1, "W2": w2, "W3": w3, "first": np.array([0], np.int64), "second": np.array([1], np.int64),
+              "two": np.array([2], np.int64), "tail": np.array([3, 1], np.int64), "width": np.array([30], np.int64)}
+    nodes = [mk("MatMul", ["x", "W1"], ["y1"]), mk("Shape", ["y1"], ["s"]), mk("Slice", ["s", "first", "second"], ["n"]),
+             mk("Slice", ["s", "second", "two"], ["c"]), mk("Mul", ["n", "c"], ["n2"]),
+             mk("Concat", ["n2", "tail"], ["t1"], axis=0),
+             mk("Reshape", ["y1", "t1"], ["y1r"]), mk("MatMul", ["y1r", "W2"], ["y2"]),
+             mk("Concat", ["n", "width"], ["t2"], axis=0), mk("Reshape", ["y2", "t2"], ["y2r"]),
+             mk("Gemm", ["y2r", "W3"], ["out"])]
+    model = make_model(nodes, [tensor("x", ["N", "C", 4])], [tensor("out", [None, 2])], consts, opset=17)
+    x = rng(23).normal(size=(3, 2, 4)).astype(np.float32)
+    exp = onnxlrp.Explainer(onnxlrp.compile(model, "epsilon", params={"epsilon": 0.25})).explain(x, target=1)
+
+    def stab(z):
+        return z + 0.25 * np.where(z < 0, -1.0, 1.0)
+
+    x64, w1_64, w2_64, w3_64 = (a.astype(np.float64) for a in (x, w1, w2, w3))
+    y1 = x64 @ w1_64                                   # (N, 2, 3)
+    y2 = y1.reshape(6, 3, 1) @ w2_64                   # (N * 2, 3, 5)
+    flat = y2.reshape(3, 30)
+    z = flat @ w3_64[:, 1]
+    r2 = (flat * w3_64[:, 1] * (z / stab(z))[:, None]).reshape(6, 3, 5)
+    r1 = y1.reshape(6, 3, 1) * ((r2 / stab(y2)) @ w2_64.T)
+    want = x64 * ((r1.reshape(3, 2, 3) / stab(y1)) @ w1_64.T)
+    assert_close(exp.relevance["x"], want, 1e-5)
+    assert np.max(exp.conservation()["relative_error"]) < 1e-5

@@ -1,6 +1,7 @@
 """The zoo sweep's representative subset (benchmarks/zoo_sweep.py runs it all): fastvit_t8 (trained-like, legacy
 exporter: its parallel branches merged), convnextv2_atto (trained-like, legacy: GRN's ratio of statistics held
-constant; untrained models with both exporters are in tests/test_fold.py), every shipped Keras fixture (tf2onnx) and the
+constant; untrained models with both exporters are in tests/test_fold.py), convnext_atto (untrained, dynamo: its
+head's as_strided Gather), mobilevit_xxs (untrained, legacy, AttnLRP: a batch axis merged with patches), every shipped Keras fixture (tf2onnx) and the
 scikit-learn MLP pipeline (skl2onnx). Each row's compiled logits must equal the source framework's (torch, Keras,
 scikit-learn: 1e-4 relative) and total = inputs + biases + stabilizer must hold to 1e-4."""
 from __future__ import annotations
@@ -16,6 +17,8 @@ from zoo_sweep_runs import CONSERVATION, OUTPUT, timm_row
 TIMM_CASES = [
     ("fastvit_t8", "trained", "legacy"),    # parallel reparameterisable branches merged into one Conv (RepMixer)
     ("convnextv2_atto", "trained", "legacy"),  # GRN: x times a ratio of two statistics, held constant
+    ("convnext_atto", "untrained", "dynamo"),  # as_strided head: a Gather by indices computed from the batch size
+    ("mobilevit_xxs", "untrained", "legacy"),  # attnlrp; patches unfolded into the batch axis by run-time reshapes
 ]
 SKLEARN_CASES = ["Pipeline(StandardScaler, MLPClassifier)"]  # the linear pipeline: tests/test_sklearn_linear.py
 
@@ -29,7 +32,8 @@ def _assert_ok(row: dict) -> None:
 
 @pytest.mark.parametrize("name,weights,exporter", TIMM_CASES)
 def test_timm_model_compiles_reproduces_and_conserves(name, weights, exporter, tmp_path):
-    """A timm model (timm_zoo.build) exported by torch, compiled with epsilon_plus, equals torch and conserves."""
+    """A timm model (timm_zoo.build) exported by torch, compiled with its composite (timm_zoo), equals torch and
+    conserves."""
     row = timm_row(name, weights, exporter, tmp_path)
     _assert_ok(row)
     if name == "fastvit_t8":  # -200 % to the stabilizer before the branches were merged (README, zoo table)
