@@ -1,6 +1,7 @@
 """Small CNNs, where per-layer work other than the convolutions weighs most: explanation / forward and the floor.
 
     .venv/bin/python benchmarks/small_models.py                       # every model, 64x64 and 224x224, batch 1
+    .venv/bin/python benchmarks/small_models.py --batches 1,8           # and batch 8 (floor target: every model)
     .venv/bin/python benchmarks/small_models.py --sizes 64 --models mobilenet_v2,resnet18 --profile
 
 The models are tests/zoo.py's (torchvision layouts at 1/8-1/16 width: VGG-16-BN, ResNet-18/50, a DenseNet,
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(ALL))
     parser.add_argument("--sizes", default="64,224")
+    parser.add_argument("--batches", default="1", help="comma-separated batch sizes (the targets are for batch 1)")
     parser.add_argument("--composites", default=",".join(COMPOSITES))
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--min-seconds", type=float, default=3.0)
@@ -125,48 +127,53 @@ def main(argv=None) -> int:
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="onnxlrp-small-"))
     folder.mkdir(parents=True, exist_ok=True)
     composites = args.composites.split(",")
-    ratios: dict = {c: [] for c in composites}
-    print("| model | size | forward ms (CPU) | composite | explanation ms (CPU) | x forward (CPU) | floor | x floor "
-          "| x forward (wall) | nodes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for size in [int(s) for s in args.sizes.split(",")]:
-        for name in args.models.split(","):
-            path = export(name, size, folder)
-            x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32).clip(-3, 3)
-            forward = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
-            calls = {"forward": lambda f=forward: f.run(None, {"input": x})}
-            sessions, nodes = {}, {}
-            for composite in composites:
-                model = onnxlrp.compile(str(path), composite, params=PARAMS.get(composite))
-                nodes[composite] = len(model.graph.node)
-                s = ort.InferenceSession(model.SerializeToString(), session_options(1),
-                                         providers=["CPUExecutionProvider"])
-                feeds = {"input": x, "lrp_target": np.full(1, -1, dtype=np.int64)}
-                if args.profile:  # a session of its own: profiling adds several microseconds to every node
-                    options = session_options(1)
-                    options.enable_profiling = True
-                    options.profile_file_prefix = str(folder / f"profile_{composite}")  # not in the working folder
-                    sessions[composite] = (ort.InferenceSession(model.SerializeToString(), options,
-                                                                providers=["CPUExecutionProvider"]), feeds)
-                calls[composite] = lambda s=s, feeds=feeds: s.run(None, feeds)
-            cpu = cpu_medians(calls, 2, args.repeats)
-            wall, _ = interleaved(calls, 1, args.repeats, budget_s=60, min_s=args.min_seconds, settle=True)
-            for composite in composites:
-                ratio = cpu[composite] / cpu["forward"]
-                ratios[composite].append(ratio)
-                lower = floor(path, composite, size)
-                print(f"| {name} | {size} | {cpu['forward'] * 1e3:.2f} | {composite} | {cpu[composite] * 1e3:.2f} | "
-                      f"{ratio:.2f}x | {lower:.2f}x | {ratio / lower:.2f} | {wall[composite] / wall['forward']:.2f}x | "
-                      f"{nodes[composite]} |", flush=True)
-                if args.profile:
-                    totals = profile(*sessions[composite])
-                    top = ", ".join(f"{k}:{op} {us / 1e3:.2f}" for (k, op), us in totals.most_common(12))
-                    print(f"|  | profile ms | {sum(totals.values()) / 1e3:.2f} | {top} ||||||", flush=True)
+    ratios: dict = {}
+    above_floor: dict = {}
+    print("| model | size | batch | forward ms (CPU) | composite | explanation ms (CPU) | x forward (CPU) | floor "
+          "| x floor | x forward (wall) | nodes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, batch, name in [(int(s), int(b), m) for s in args.sizes.split(",") for b in args.batches.split(",")
+                              for m in args.models.split(",")]:
+        path = export(name, size, folder)
+        x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32).clip(-3, 3)
+        forward = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+        calls = {"forward": lambda f=forward: f.run(None, {"input": x})}
+        sessions, nodes = {}, {}
+        for composite in composites:
+            model = onnxlrp.compile(str(path), composite, params=PARAMS.get(composite))
+            nodes[composite] = len(model.graph.node)
+            s = ort.InferenceSession(model.SerializeToString(), session_options(1),
+                                     providers=["CPUExecutionProvider"])
+            feeds = {"input": x, "lrp_target": np.full(batch, -1, dtype=np.int64)}
+            if args.profile:  # a session of its own: profiling adds several microseconds to every node
+                options = session_options(1)
+                options.enable_profiling = True
+                options.profile_file_prefix = str(folder / f"profile_{composite}")  # not in the working folder
+                sessions[composite] = (ort.InferenceSession(model.SerializeToString(), options,
+                                                            providers=["CPUExecutionProvider"]), feeds)
+            calls[composite] = lambda s=s, feeds=feeds: s.run(None, feeds)
+        cpu = cpu_medians(calls, 2, args.repeats)
+        wall, _ = interleaved(calls, 1, args.repeats, budget_s=60, min_s=args.min_seconds, settle=True)
+        for composite in composites:
+            ratio = cpu[composite] / cpu["forward"]
+            ratios.setdefault((composite, size, batch), []).append(ratio)
+            lower = floor(path, composite, size)
+            above_floor.setdefault((composite, batch), []).append(ratio / lower)
+            print(f"| {name} | {size} | {batch} | {cpu['forward'] * 1e3:.2f} | {composite} | {cpu[composite] * 1e3:.2f} | "
+                  f"{ratio:.2f}x | {lower:.2f}x | {ratio / lower:.2f} | {wall[composite] / wall['forward']:.2f}x | "
+                  f"{nodes[composite]} |", flush=True)
+            if args.profile:
+                totals = profile(*sessions[composite])
+                top = ", ".join(f"{k}:{op} {us / 1e3:.2f}" for (k, op), us in totals.most_common(12))
+                print(f"|  | profile ms | {sum(totals.values()) / 1e3:.2f} | {top} ||||||", flush=True)
     print()
-    for composite, values in ratios.items():
+    for (composite, size, batch), values in ratios.items():
         median_target, max_target = TARGETS.get(composite, (None, None))
-        print(f"{composite}: median {statistics.median(values):.2f}x (target <= {median_target}), "
-              f"max {max(values):.2f}x (target <= {max_target})")
+        print(f"{composite} {size}x{size} batch {batch}: explanation / forward median {statistics.median(values):.2f}x "
+              f"(target <= {median_target}), max {max(values):.2f}x (target <= {max_target})")
+    for (composite, batch), values in above_floor.items():
+        print(f"{composite} batch {batch}: x floor median {statistics.median(values):.2f}, max {max(values):.2f} "
+              f"(target <= 1.25 on every model)")
     return 0
 
 
