@@ -385,9 +385,14 @@ def _gather_back_runtime(b: GraphBuilder, x: str, R: str, axis: int, rank: int, 
                                     b.op("Shape", [R_flat], "R_flat_shape")], "indices_full")
         return b.op("ScatterElements", [b.zeros_like(x, "R_x0"), positions, R_flat], "R_back", axis=axis,
                     reduction="add")
-    one_hot = b.op("OneHot", [flat, length, b.const([0.0, 1.0], hint="off_on")], "one_hot", axis=-1)
+    return _one_hot_back(b, R_flat, flat, length, axis, rank)
+
+
+def _one_hot_back(b: GraphBuilder, R: str, index: str, length: str, axis: int, rank: int) -> str:
+    """R_x = R @ OneHot(index, length) along `axis` (R's index axis flattened, index (M,) int64, no negatives)."""
+    one_hot = b.op("OneHot", [index, length, b.const([0.0, 1.0], hint="off_on")], "one_hot", axis=-1)
     perm = [i for i in range(rank) if i != axis] + [axis]
-    moved = R_flat if axis == rank - 1 else b.op("Transpose", [R_flat], "R_T", perm=perm)
+    moved = R if axis == rank - 1 else b.op("Transpose", [R], "R_T", perm=perm)
     back = b.op("MatMul", [moved, one_hot], "R_axis")
     return back if axis == rank - 1 else b.op("Transpose", [back], "R_back", perm=[int(i) for i in np.argsort(perm)])
 
@@ -401,11 +406,7 @@ def _gather_back_dynamic(b: GraphBuilder, x: str, R: str, axis: int, rank: int, 
         index = b.op("Add", [index, b.op("Mul", [b.op("Cast", [b.op("Less", [index, b.const(0, dtype=np.int64)],
                                                                      "negative")], "neg_i", to=7), length],
                                          "shift")], "indices_wrapped")
-    one_hot = b.op("OneHot", [index, length, b.const([0.0, 1.0], hint="off_on")], "one_hot", axis=-1)
-    perm = [i for i in range(rank) if i != axis] + [axis]
-    moved = R if axis == rank - 1 else b.op("Transpose", [R], "R_T", perm=perm)
-    back = b.op("MatMul", [moved, one_hot], "R_axis")
-    return back if axis == rank - 1 else b.op("Transpose", [back], "R_back", perm=[int(i) for i in np.argsort(perm)])
+    return _one_hot_back(b, R, index, length, axis, rank)
 
 
 def _pad_amounts(view: NodeView, rank: int) -> list:
