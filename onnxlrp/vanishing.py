@@ -80,13 +80,19 @@ def _sends_zero_at_zero(node, value: str, plan, known: set) -> bool:
     return node.output[0] in known and not any(o for o in node.output[1:])
 
 
-def vanishing_values(plan) -> frozenset:
-    """Values of the plan whose relevance is provably 0 wherever they are 0 (see the module docstring)."""
+def _consumers(plan) -> dict:
+    """The nodes of the plan that read each value on the explained path."""
     consumers: dict = {}
     for node in plan.nodes:
         for name in set(node.input):
             if name in plan.path:
                 consumers.setdefault(name, []).append(node)
+    return consumers
+
+
+def vanishing_values(plan) -> frozenset:
+    """Values of the plan whose relevance is provably 0 wherever they are 0 (see the module docstring)."""
+    consumers = _consumers(plan)
     known: set = set()
     for node in reversed(plan.nodes):  # every consumer of a node's outputs is decided before the node
         for value in node.output:
@@ -99,11 +105,7 @@ def vanishing_values(plan) -> frozenset:
 def vanishing_nonpositive(plan, vanishing: frozenset) -> frozenset:
     """Values of the plan whose relevance is provably 0 wherever they are <= 0: every consumer is a Relu or a
     Clip with lower bound exactly 0 (both 0 there) on it, whose output is in `vanishing`."""
-    consumers: dict = {}
-    for node in plan.nodes:
-        for name in set(node.input):
-            if name in plan.path:
-                consumers.setdefault(name, []).append(node)
+    consumers = _consumers(plan)
     known = set()
     for value in vanishing:
         nodes = consumers.get(value, [])
