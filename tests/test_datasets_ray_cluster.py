@@ -24,7 +24,7 @@ def test_two_nodes_write_the_local_rows(two_nodes, tmp_path):
     import ray
     x, y = digits(160)
     np.savez(tmp_path / "d.npz", images=x, labels=y)
-    options = dict(key="images", label_column="labels", batch_size=16, shard_size=32, threads=1, progress=False)
+    options = dict(key="images", label_column="labels", batch_size=16, shard_size=16, threads=1, progress=False)
     local = run_dataset(CNN, tmp_path / "d.npz", tmp_path / "local", **options)
     distributed = run_dataset(CNN, tmp_path / "d.npz", tmp_path / "ray", engine="ray", workers=2,
                               ray_address=two_nodes.address, stall_seconds=300, **options)

@@ -193,7 +193,7 @@ def run_ray(model_bytes: bytes, specs, source, layout: RowLayout, plan: Sequence
                                        "target": target, "batch_size": batch_size, "threads": threads,
                                        "cuda": resources.num_gpus > 0},
                 compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=resources.num_cpus,
-                num_gpus=resources.num_gpus or None)
+                num_gpus=resources.num_gpus or None, scheduling_strategy="SPREAD")  # actors on as many nodes as can
             workers_on, first_result_s = _drain(explained, sink, stall_seconds)
         finally:
             context.target_max_block_size, context.enable_progress_bars = saved
