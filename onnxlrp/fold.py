@@ -381,25 +381,28 @@ READS_DYNAMIC_AXIS = "it reads the dynamic axis"  # why_not_constant's reason th
 def computed_from_shapes_only(index, name: str) -> bool:
     """True when a value that is not constant depends on no model input's data: every path back from it ends in a
     constant or in a Shape/Size node (index arithmetic on the input's sizes, as torch's as_strided writes it)."""
-    seen, stack = set(), [name]
-    while stack:
-        value = stack.pop()
-        if value in seen or not value or value in index.constants:
-            continue
-        seen.add(value)
-        node = index.producer.get(value)
-        if node is None:  # a model input
-            return False
-        if node.op_type not in SHAPE_ONLY_INPUTS:
-            stack.extend(node.input)
-    return True
+    reasons = _run_time_reasons(index, name)
+    return reasons["data"] is None and reasons["orphan"] is None
 
 
 def why_not_constant(index, name: str) -> str:
     """Why a value the compiler needs as a constant is computed at run time, after folding: the model input whose
     data it is computed from, else the node that could not be folded, else the dynamic axis it reads through a Shape
     (the one reason a static input size removes, so it is given only when it is the whole reason)."""
-    data, unfolded, sizes = None, None, None
+    reasons = _run_time_reasons(index, name)
+    return (reasons["data"] or reasons["orphan"] or reasons["unfolded"] or reasons["sizes"]
+            or "it is computed at run time")
+
+
+def _run_time_reasons(index, name: str) -> dict:
+    """The first reason of each kind found walking back from a value to constants: 'data' (a model input),
+    'orphan' (a value no node produces), 'unfolded' (a node whose inputs are constant or a Shape of unknown rank)
+    and 'sizes' (a Shape reading a dynamic axis); None where there is none."""
+    reasons: dict = dict.fromkeys(("data", "orphan", "unfolded", "sizes"))
+
+    def note(kind: str, text: str) -> None:
+        reasons[kind] = reasons[kind] or text
+
     seen, stack = set(), [name]
     while stack:
         value = stack.pop()
@@ -407,30 +410,29 @@ def why_not_constant(index, name: str) -> str:
             continue
         seen.add(value)
         if value in index.graph_inputs:
-            data = data or f"it is computed from the model input {value!r}"
+            note("data", f"it is computed from the model input {value!r}")
             continue
         node = index.producer.get(value)
         if node is None:
-            unfolded = unfolded or f"{value!r} has no producer"
+            note("orphan", f"{value!r} has no producer")
             continue
         if node.op_type in SHAPE_ONLY_INPUTS:
             source = node.input[0]
             info = index.info(source)
             if info is None or info.shape is None:
-                unfolded = unfolded or f"it reads the shape of {source!r} (node {node.name!r}), whose rank is unknown"
+                note("unfolded", f"it reads the shape of {source!r} (node {node.name!r}), whose rank is unknown")
                 continue
             start, end = _slice_attrs(node, len(info.shape))
             dynamic = [a for a in range(start, end) if info.shape[a] is None]
             if dynamic:
-                axes = ", ".join(map(str, dynamic))
-                sizes = sizes or f"{READS_DYNAMIC_AXIS} {axes} of {source!r} (node {node.name!r})"
+                note("sizes", f"{READS_DYNAMIC_AXIS} {', '.join(map(str, dynamic))} of {source!r} (node {node.name!r})")
             continue
         pending = [i for i in node.input if i and i not in index.constants]
         if not pending:
             where = "" if node.domain in ("", "ai.onnx") else f" of domain {node.domain!r}"
-            unfolded = unfolded or f"node {node.name!r} ({node.op_type}{where}) could not be folded"
+            note("unfolded", f"node {node.name!r} ({node.op_type}{where}) could not be folded")
         stack.extend(reversed(pending))
-    return data or unfolded or sizes or "it is computed at run time"
+    return reasons
 
 
 def _slice_attrs(node: onnx.NodeProto, rank: int) -> tuple:
