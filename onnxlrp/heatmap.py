@@ -240,7 +240,7 @@ def _colorbar(fig, width: float, height: float, top_space: float, vmax: float, p
     mappable = ScalarMappable(norm=Normalize(-vmax, vmax), cmap=colormaps[CMAP])
     bar = fig.colorbar(mappable, cax=ax)
     bar.ax.tick_params(labelsize=8)
-    bar.set_label("relevance / max |relevance| per sample" if per_sample else "relevance", fontsize=8)
+    bar.set_label("relevance /\nmax |relevance| per sample" if per_sample else "relevance", fontsize=8)
 
 
 def save_feature_bars(path: str, relevance: np.ndarray, *, names: Optional[Sequence[str]] = None, top: int = 10,
