@@ -21,6 +21,7 @@ from . import Emitted, NodeView, register
 from .generic_linear import basis, emit_linear, weight_value
 from .geometry import explicit_pads
 from .runtime_sizes import crop_centre_to, cut_tail, known, pad_tail_to, require_opset
+from .subpixel import subpixel_plan, subpixel_transpose
 
 # weights smaller than this are stored modified (NumPy); larger ones are derived in the graph from W
 DERIVE_MIN_SIZE = 4096
@@ -174,6 +175,7 @@ class ConvOp(LinearOp):
     # sizes known only at run time (strides > 1): "tail" pads (or cuts) the transposed result at the end to x's
     # size; a SAME auto_pad also crops its window there (see runtime_sizes); "" for static sizes
     fit: str = ""
+    x_spatial: tuple = ()  # x's spatial size where it is static
 
     def forward(self, b: GraphBuilder, x: str, key: str) -> str:
         """Conv(x, W') without bias."""
@@ -237,7 +239,10 @@ class ConvOp(LinearOp):
         return names[0] if len(names) == 1 else b.op("Concat", names, "w_cat", axis=axis)
 
     def _conv_transpose(self, b: GraphBuilder, s: str, weight: str) -> str:
-        """ConvTranspose(s, weight) with this op's geometry, sized like x."""
+        """ConvTranspose(s, weight) with this op's geometry, sized like x (a large strided kernel: sub-pixel)."""
+        plan = subpixel_plan(self) if not self.fit else None
+        if plan is not None:
+            return subpixel_transpose(b, s, weight, plan)
         attrs = dict(self.attrs)
         attrs.pop("kernel_shape", None)
         if any(self.output_padding):
@@ -492,7 +497,8 @@ def conv_op(view: NodeView, b: Optional[GraphBuilder] = None) -> ConvOp:
                 require_opset(b, f"the spatial size of {x!r}")
     bias_arr = None if bias is None else bias.astype(np.float64).reshape((-1,) + (1,) * nd)
     return ConvOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
-                  attrs=attrs, output_padding=tuple(output_padding), source=view.inputs[1], fit=fit)
+                  attrs=attrs, output_padding=tuple(output_padding), source=view.inputs[1], fit=fit,
+                  x_spatial=tuple(x_shape[2:]) if known(x_shape[2:]) else ())
 
 
 def conv_transpose_geometry(view: NodeView, spatial: tuple, w_shape: tuple) -> tuple:
