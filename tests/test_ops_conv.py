@@ -3,6 +3,7 @@ nodes: every linear rule against the matrix-form rule on the node's linearisatio
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 import onnxlrp
@@ -64,12 +65,18 @@ def test_conv_geometry(case, rule, params):
 @pytest.mark.parametrize("case", list(SUBPIXEL))
 def test_subpixel_transpose_where_it_applies(case):
     """A 2-D stride-t transpose with a kernel of at least 2 t + 1 taps on a static grid t times the output's is a
-    sub-pixel Conv + DepthToSpace, nothing else is; the numbers are test_conv_geometry's."""
+    sub-pixel Conv (its phases as channels) + a one-hot ConvTranspose, nothing else is; the numbers are
+    test_conv_geometry's."""
     x_shape, w_shape, attrs = CONV_CASES[case]
     model, _ = _conv(x_shape, w_shape, **attrs)
-    ops = {n.op_type for n in onnxlrp.compile(model, "epsilon").graph.node if n.name.startswith("lrp/")}
-    assert ("DepthToSpace" in ops) == SUBPIXEL[case]
-    assert ("ConvTranspose" in ops) == (not SUBPIXEL[case] and any(s > 1 for s in attrs.get("strides", [1])))
+    nodes = [n for n in onnxlrp.compile(model, "epsilon").graph.node if n.name.startswith("lrp/")]
+    phases = [n for n in nodes if n.op_type == "Conv" and "bwd_phases" in n.output[0]]
+    assert len(phases) == SUBPIXEL[case]
+    if SUBPIXEL[case]:  # the interleaving ConvTranspose: kernel = stride, one group per output channel
+        (interleave,) = [n for n in nodes if n.op_type == "ConvTranspose"]
+        attrs_of = {a.name: onnx.helper.get_attribute_value(a) for a in interleave.attribute}
+        assert attrs_of["kernel_shape"] == attrs_of["strides"] == attrs["strides"]
+        assert attrs_of["group"] == x_shape[1]
 
 
 @pytest.mark.parametrize("rule,params", LINEAR_RULE_CASES, ids=lambda v: v if isinstance(v, str) else "")

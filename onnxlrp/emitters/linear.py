@@ -196,7 +196,7 @@ class ConvOp(LinearOp):
         pads = self._flipped_pads()
         if pads is not None:
             return b.op("Conv", [s, self._flipped(b, key)], "bwd", **dict(self.attrs, pads=pads))
-        return self._conv_transpose(b, s, self.stored(b, key))
+        return self._conv_transpose(b, s, self.stored(b, key), self.weight.shape[1])
 
     def transpose_concat(self, b: GraphBuilder, concat, keys: list) -> Optional[str]:
         """sum_i W_i^T s_i as one op over concat() = Concat(s_1, s_2, ...) along the channels (see
@@ -221,7 +221,7 @@ class ConvOp(LinearOp):
                 self._weights[tag] = self._stack(b, blocks, 1)
         if pads is not None:
             return b.op("Conv", [concat(), self._weights[tag]], "bwd", **dict(self.attrs, pads=pads))
-        return self._conv_transpose(b, concat(), self._weights[tag])
+        return self._conv_transpose(b, concat(), self._weights[tag], len(rows) * self.weight.shape[1])
 
     def forward_concat(self, b: GraphBuilder, concat, keys: list, bias: Optional[np.ndarray]) -> Optional[str]:
         """sum_i Conv(x_i, W_i) (+ bias) as one Conv over concat() = Concat(x_1, ...) with [W_1 | W_2 | ...]
@@ -238,11 +238,12 @@ class ConvOp(LinearOp):
         """Concat of constant weights along axis (itself for one)."""
         return names[0] if len(names) == 1 else b.op("Concat", names, "w_cat", axis=axis)
 
-    def _conv_transpose(self, b: GraphBuilder, s: str, weight: str) -> str:
-        """ConvTranspose(s, weight) with this op's geometry, sized like x (a large strided kernel: sub-pixel)."""
+    def _conv_transpose(self, b: GraphBuilder, s: str, weight: str, channels: int) -> str:
+        """ConvTranspose(s, weight) with this op's geometry, sized like x (`channels` output channels); a large
+        strided kernel: sub-pixel (subpixel.py)."""
         plan = subpixel_plan(self) if not self.fit else None
         if plan is not None:
-            return subpixel_transpose(b, s, weight, plan)
+            return subpixel_transpose(b, s, weight, plan, channels)
         attrs = dict(self.attrs)
         attrs.pop("kernel_shape", None)
         if any(self.output_padding):
