@@ -1,7 +1,8 @@
 """Denominators of values a Relu alone reads (onnxlrp/emitters/positive.py): relu(z) + eps instead of
-z + eps * sgn0(z) (no Less / Where, the stabilizer share eps * sum(s)) on a residual block, x -> Conv -> Relu -> a0 -> Conv -> Relu
--> Conv -> Add(., a0) -> act -> Flatten -> Gemm, with a large epsilon so that the stabilizer weighs. Input relevance, bias rows and the
-stabilizer against the dense float64 chain of tests/reference.py; with act = Sigmoid the sum keeps the general form."""
+z + eps * sgn0(z) (no Less / Where, the stabilizer share eps * sum(s)) on a residual block,
+x -> Conv -> Relu -> a0 -> Conv -> Relu -> Conv -> Add(., a0) -> act -> Flatten -> Gemm, with a large epsilon so
+that the stabilizer weighs. Input relevance, bias rows and the stabilizer against the dense float64 chain of
+tests/reference.py; with act = Sigmoid the sum keeps the general form."""
 from __future__ import annotations
 
 import numpy as np

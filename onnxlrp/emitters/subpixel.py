@@ -8,7 +8,7 @@ stride t (windows that do not overlap) interleaves them. The same products and s
 rounding aside).
 
 onnxruntime's ConvTranspose scatters its columns back (col2im) at about three times a Conv's cost; for a ResNet's
-7x7 stride-2 stem at 64x64 the sub-pixel form costs about 0.6x (ResNet-18 at 1/8 width, 277 us -> about 170 us).
+7x7 stride-2 stem at 64x64 the sub-pixel form costs 0.54x (ResNet-18 at 1/8 width: 277 us -> 95 + 54 us).
 For 3x3 and 1x1 kernels it does not pay (the README's Performance section, round three): only kernels of at least
 2 t + 1 taps on both axes take it. The phase kernel is gathered from W with constant-only ops (Reshape, Gather, Mul
 by a 0/1 mask, Transpose, Flatten, Reshape) that onnxruntime folds when the session starts, so W is read from the
