@@ -15,6 +15,7 @@ much the rest (element-wise ops, layout changes, transposed strided convolutions
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -52,7 +53,12 @@ def macs(model: onnx.ModelProto, batch: int = 1) -> int:
     total = 0
     for node in inferred.graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type in ("Conv", "ConvTranspose"):
+        subpixel = _subpixel_source(node, producers, shapes)
+        if subpixel is not None:
+            total += subpixel
+        elif node.op_type == "ConvTranspose" and re.search(r"/phase_kernel(_\d+)?$", node.input[1]):
+            continue  # the sub-pixel form's one-hot interleave: a copy, no arithmetic
+        elif node.op_type in ("Conv", "ConvTranspose"):
             w = shapes.get(node.input[1]) or []
             data = shapes.get(node.input[0] if node.op_type == "ConvTranspose" else node.output[0]) or []
             x_shape = _known_shape(node.input[0], shapes, producers)
@@ -70,6 +76,24 @@ def macs(model: onnx.ModelProto, batch: int = 1) -> int:
                 inner = a[-2] if node.op_type == "Gemm" and attrs.get("transA") else a[-1]
                 total += int(np.prod(y)) * inner
     return total
+
+
+def _subpixel_source(node, producers: dict, shapes: dict):
+    """The multiply-accumulates of the strided ConvTranspose that a sub-pixel Conv (onnxlrp/emitters/subpixel.py)
+    computes, None for any other node: the floor counts the composite's passes, not the zero taps the phase kernel
+    pads with. ConvTranspose MACs = input entries x (C_out x kh x kw), W (C_s, C_out, kh, kw) read from its w_taps."""
+    if node.op_type != "Conv" or not re.search(r"/bwd_phases(_\d+)?$", node.output[0]):
+        return None
+    name = node.input[1]
+    for _ in range(8):
+        producer = producers.get(name)
+        if producer is None:
+            return None
+        if re.search(r"/w_taps(_\d+)?$", producer.output[0]):
+            w, s = shapes.get(producer.input[0]) or [], shapes.get(node.input[0]) or []
+            return int(np.prod(s)) * int(np.prod(w[1:])) if w and s and 0 not in w + s else None
+        name = producer.input[0]
+    return None
 
 
 ELEMENTWISE = ("Div", "Mul", "Add", "Sub", "Where", "Cast", "Relu", "Neg", "Min", "Max")

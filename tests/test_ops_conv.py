@@ -3,8 +3,10 @@ nodes: every linear rule against the matrix-form rule on the node's linearisatio
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
+import onnxlrp
 from ops_harness import LINEAR_RULE_CASES, NEWEST_OPSET, check_linear, rng, single
 
 
@@ -39,7 +41,15 @@ CONV_CASES = {
     "1d_same_upper": ((1, 2, 10), (3, 2, 4), dict(strides=[3], auto_pad="SAME_UPPER")),
     "3d": ((1, 2, 4, 5, 4), (3, 2, 2, 3, 2), dict(strides=[1, 2, 1], pads=[0, 1, 1, 1, 1, 0])),
     "3d_depthwise": ((1, 2, 4, 4, 4), (2, 1, 3, 3, 3), dict(group=2, pads=[1] * 6, strides=[2, 2, 2])),
+    # large strided kernels: the transpose is a sub-pixel Conv + DepthToSpace (emitters/subpixel.py) ...
+    "2d_7x7_s2_stem": ((1, 3, 8, 8), (4, 3, 7, 7), dict(strides=[2, 2], pads=[3, 3, 3, 3])),
+    "2d_5x6_s2_asym": ((1, 2, 10, 8), (3, 2, 5, 6), dict(strides=[2, 2], pads=[2, 2, 2, 3])),
+    "2d_7x7_s3": ((1, 2, 9, 9), (3, 2, 7, 7), dict(strides=[3, 3], pads=[2, 2, 2, 2])),
+    # ... except where the transposed grid is not exactly the input's size (ConvTranspose with output_padding)
+    "2d_7x7_s2_odd": ((1, 2, 9, 9), (3, 2, 7, 7), dict(strides=[2, 2], pads=[3, 3, 3, 3])),
 }
+SUBPIXEL = {"2d_7x7_s2_stem": True, "2d_5x6_s2_asym": True, "2d_7x7_s3": True, "2d_7x7_s2_odd": False,
+            "2d_1x1_stride2": False, "2d_depthwise": False}
 
 
 @pytest.mark.parametrize("case", list(CONV_CASES))
@@ -52,8 +62,24 @@ def test_conv_geometry(case, rule, params):
     check_linear(model, x_shape, rule, params, "W", units)
 
 
+@pytest.mark.parametrize("case", list(SUBPIXEL))
+def test_subpixel_transpose_where_it_applies(case):
+    """A 2-D stride-t transpose with a kernel of at least 2 t + 1 taps on a static grid t times the output's is a
+    sub-pixel Conv (its phases as channels) + a one-hot ConvTranspose, nothing else is; the numbers are
+    test_conv_geometry's."""
+    x_shape, w_shape, attrs = CONV_CASES[case]
+    model, _ = _conv(x_shape, w_shape, **attrs)
+    nodes = [n for n in onnxlrp.compile(model, "epsilon").graph.node if n.name.startswith("lrp/")]
+    phases = [n for n in nodes if n.op_type == "Conv" and "bwd_phases" in n.output[0]]
+    assert len(phases) == SUBPIXEL[case]
+    if SUBPIXEL[case]:  # the interleaving ConvTranspose: kernel = stride
+        (interleave,) = [n for n in nodes if n.op_type == "ConvTranspose"]
+        attrs_of = {a.name: onnx.helper.get_attribute_value(a) for a in interleave.attribute}
+        assert attrs_of["kernel_shape"] == attrs_of["strides"] == attrs["strides"]
+
+
 @pytest.mark.parametrize("rule,params", LINEAR_RULE_CASES, ids=lambda v: v if isinstance(v, str) else "")
-@pytest.mark.parametrize("case", ["2d_depthwise", "1d", "3d", "2d_same_lower_s2"])
+@pytest.mark.parametrize("case", ["2d_depthwise", "1d", "3d", "2d_same_lower_s2", "2d_5x6_s2_asym"])
 def test_conv_every_rule(case, rule, params):
     """Every linear rule on a few geometries (1-D, 3-D, depthwise, SAME_LOWER)."""
     x_shape, w_shape, attrs = CONV_CASES[case]

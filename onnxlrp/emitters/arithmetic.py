@@ -12,6 +12,7 @@ from ..builder import GraphBuilder
 from ..rules import LINEAR_RULES, Epsilon, Norm, Rule
 from . import Emitted, NodeView, register
 from .linear import emit_affine
+from .positive import positive_normalize
 from .shape import unbroadcast
 
 
@@ -80,15 +81,19 @@ def _sum_norm(b: GraphBuilder, view: NodeView, rule: Rule, R: list, signs: list)
     axes x_i was broadcast along); stabilizer share s * eps * sgn0(y)."""
     eps = rule.groups()[0].eps
     y = view.outputs[0]
-    s, share = b.normalize(R[0], y, eps)
     out_shape = view.shape(y)
+    positive = positive_normalize(b, view, R[0], y, eps)  # a Relu alone reads y (ResNet's residual sums)
+    if positive is not None:
+        s, stab = positive
+    else:
+        s, share = b.normalize(R[0], y, eps)
+        stab = b.per_sample_sum(share, "stab_sum", len(out_shape))
     rel = []
     for name, sign in zip(view.inputs, signs):
         x_shape = view.shape(name)
         s_x = s if x_shape == out_shape else unbroadcast(b, s, name, x_shape, len(out_shape))
         r = b.op("Mul", [name, s_x], "r_in")
         rel.append(r if sign == 1 else b.op("Neg", [r], "r_in_neg"))
-    stab = b.per_sample_sum(share, "stab_sum", len(out_shape))
     return Emitted(rel, None, stab)
 
 

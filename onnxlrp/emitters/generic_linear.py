@@ -23,6 +23,7 @@ import numpy as np
 from ..builder import GraphBuilder
 from ..errors import CompileError
 from ..rules import LINEAR_RULES, Rule, modify_weight
+from .positive import divide_positive, relu_of
 
 DATA_INPUTS = ("x", "pos", "neg")
 # a shared denominator constant left over below this fraction of the constants it came from is float64 rounding
@@ -154,11 +155,12 @@ class GroupPlan:
     nonnegative: bool = False          # z_g >= 0 everywhere: stab(z_g) = z_g + eps
     region_sign: Optional[float] = None  # masked group: z_g has the mask's sign wherever the mask holds
     signed_reuse: Optional[tuple] = None  # (a, c): z_g = a*z + c*(W+ x+ + W- x-) + const (see _signed_reuse)
+    through_relu: bool = False         # z_g is z, which a Relu alone reads: stab(z_g) = relu(z) + eps (positive.py)
 
     @property
     def eps_sign(self) -> Optional[float]:
         """The sign eps is added with wherever relevance flows, None where it must be computed per unit."""
-        return 1.0 if self.nonnegative else self.region_sign
+        return 1.0 if self.nonnegative or self.through_relu else self.region_sign
 
 
 def _resolve(term, rule: Rule, x_nonneg: bool) -> Optional[tuple]:
@@ -469,6 +471,9 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
             s, share = b.op("Where", [masks[group.mask], b.op("Div", [R, z_g], "s_all"), b.const(0.0)], "s"), None
         elif plan.nonnegative:
             s, share = b.op("Div", [R, z_g], "s"), None
+        elif group.mask is None and z_g == op.z and relu_of(view, op.z, group.eps) is not None:
+            s, share = divide_positive(b, R, relu_of(view, op.z, group.eps), group.eps), None
+            plan.through_relu = True
         else:
             R_g = R if group.mask is None else b.op("Where", [masks[group.mask], R, b.const(0.0)], "R_masked")
             s, share = b.normalize(R_g, z_g, group.eps)

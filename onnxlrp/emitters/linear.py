@@ -21,6 +21,7 @@ from . import Emitted, NodeView, register
 from .generic_linear import basis, emit_linear, weight_value
 from .geometry import explicit_pads
 from .runtime_sizes import crop_centre_to, cut_tail, known, pad_tail_to, require_opset
+from .subpixel import subpixel_plan, subpixel_transpose
 
 # weights smaller than this are stored modified (NumPy); larger ones are derived in the graph from W
 DERIVE_MIN_SIZE = 4096
@@ -174,6 +175,7 @@ class ConvOp(LinearOp):
     # sizes known only at run time (strides > 1): "tail" pads (or cuts) the transposed result at the end to x's
     # size; a SAME auto_pad also crops its window there (see runtime_sizes); "" for static sizes
     fit: str = ""
+    x_spatial: tuple = ()  # x's spatial size where it is static
 
     def forward(self, b: GraphBuilder, x: str, key: str) -> str:
         """Conv(x, W') without bias."""
@@ -194,7 +196,7 @@ class ConvOp(LinearOp):
         pads = self._flipped_pads()
         if pads is not None:
             return b.op("Conv", [s, self._flipped(b, key)], "bwd", **dict(self.attrs, pads=pads))
-        return self._conv_transpose(b, s, self.stored(b, key))
+        return self._conv_transpose(b, s, self.stored(b, key), self.weight.shape[1])
 
     def transpose_concat(self, b: GraphBuilder, concat, keys: list) -> Optional[str]:
         """sum_i W_i^T s_i as one op over concat() = Concat(s_1, s_2, ...) along the channels (see
@@ -219,7 +221,7 @@ class ConvOp(LinearOp):
                 self._weights[tag] = self._stack(b, blocks, 1)
         if pads is not None:
             return b.op("Conv", [concat(), self._weights[tag]], "bwd", **dict(self.attrs, pads=pads))
-        return self._conv_transpose(b, concat(), self._weights[tag])
+        return self._conv_transpose(b, concat(), self._weights[tag], len(rows) * self.weight.shape[1])
 
     def forward_concat(self, b: GraphBuilder, concat, keys: list, bias: Optional[np.ndarray]) -> Optional[str]:
         """sum_i Conv(x_i, W_i) (+ bias) as one Conv over concat() = Concat(x_1, ...) with [W_1 | W_2 | ...]
@@ -236,8 +238,12 @@ class ConvOp(LinearOp):
         """Concat of constant weights along axis (itself for one)."""
         return names[0] if len(names) == 1 else b.op("Concat", names, "w_cat", axis=axis)
 
-    def _conv_transpose(self, b: GraphBuilder, s: str, weight: str) -> str:
-        """ConvTranspose(s, weight) with this op's geometry, sized like x."""
+    def _conv_transpose(self, b: GraphBuilder, s: str, weight: str, channels: int) -> str:
+        """ConvTranspose(s, weight) with this op's geometry, sized like x (`channels` output channels); a large
+        strided kernel: sub-pixel (subpixel.py)."""
+        plan = subpixel_plan(self) if not self.fit else None
+        if plan is not None:
+            return subpixel_transpose(b, s, weight, plan, channels)
         attrs = dict(self.attrs)
         attrs.pop("kernel_shape", None)
         if any(self.output_padding):
@@ -492,7 +498,8 @@ def conv_op(view: NodeView, b: Optional[GraphBuilder] = None) -> ConvOp:
                 require_opset(b, f"the spatial size of {x!r}")
     bias_arr = None if bias is None else bias.astype(np.float64).reshape((-1,) + (1,) * nd)
     return ConvOp(x=x, z=view.outputs[0], weight=w, bias=bias_arr, z_rank=nd + 2, x_rank=nd + 2,
-                  attrs=attrs, output_padding=tuple(output_padding), source=view.inputs[1], fit=fit)
+                  attrs=attrs, output_padding=tuple(output_padding), source=view.inputs[1], fit=fit,
+                  x_spatial=tuple(x_shape[2:]) if known(x_shape[2:]) else ())
 
 
 def conv_transpose_geometry(view: NodeView, spatial: tuple, w_shape: tuple) -> tuple:

@@ -18,6 +18,7 @@ from ..rules import Epsilon, Norm, Rule, WinnerTakesAll
 from ..specialise import NeedsStaticSize, StaticSizeError
 from . import Emitted, NodeView, register
 from .geometry import explicit_pads
+from .positive import positive_normalize
 from .runtime_sizes import dims, known, pad_tail_to, require_opset
 
 
@@ -150,6 +151,9 @@ def fit_pooled(b: GraphBuilder, view: NodeView, value: str, out_spatial: tuple) 
 def _norm_stabilize(b: GraphBuilder, view: NodeView, rule: Rule, R: str) -> tuple:
     """s = R / stab(y) for the Norm rule on the node's output y; returns (s, stabilizer share (N,))."""
     eps = rule.groups()[0].eps
+    positive = positive_normalize(b, view, R, view.outputs[0], eps)  # a Relu alone reads the output
+    if positive is not None:
+        return positive
     s, share = b.normalize(R, view.outputs[0], eps)
     return s, b.per_sample_sum(share, "stab_sum")
 
