@@ -144,7 +144,8 @@ class Explainer:
                  max_constant_bytes: Optional[int] = None, threads: Optional[int] = None,
                  sequence: Optional[bool] = None) -> None:
         """session_options: an onnxruntime.SessionOptions used as given (thread pools, graph optimisation level,
-        profiling, ...) but for the memory settings of session_tuning.tune_options (memory pattern off); threads: onnxruntime's intra-op thread count (None: onnxruntime's default, one per core);
+        profiling, ...) but for the memory settings of session_tuning.tune_options (memory pattern off); threads:
+        onnxruntime's intra-op thread count (None: onnxruntime's default, one per core);
         sequence: explain one position of an (N, T, C) output (None: decided by the compiler, see is_sequence)."""
         import onnxruntime as ort
         _check_explainer_arguments(model, providers)
