@@ -471,8 +471,8 @@ def emit_linear(b: GraphBuilder, view, rule: Rule, R: str, op) -> tuple:
             s, share = b.op("Where", [masks[group.mask], b.op("Div", [R, z_g], "s_all"), b.const(0.0)], "s"), None
         elif plan.nonnegative:
             s, share = b.op("Div", [R, z_g], "s"), None
-        elif group.mask is None and z_g == op.z and relu_of(view, op.z, group.eps) is not None:
-            s, share = divide_positive(b, R, relu_of(view, op.z, group.eps), group.eps), None
+        elif group.mask is None and z_g == op.z and (relu := relu_of(view, op.z, group.eps)) is not None:
+            s, share = divide_positive(b, R, relu, group.eps), None
             plan.through_relu = True
         else:
             R_g = R if group.mask is None else b.op("Where", [masks[group.mask], R, b.const(0.0)], "R_masked")
