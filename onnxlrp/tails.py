@@ -41,6 +41,14 @@ class Tails:
         self.stab[value] = list(terms)
 
 
+def stabilizer_dot(b: "GraphBuilder", reduced: str, vector: np.ndarray) -> str:
+    """A layer's stabilizer share reduced @ vector (N,) (reduced: per-channel sums of s (N, C), vector: each
+    channel's sign * eps), recorded so that stabilizer_total computes every layer's in one MatMul."""
+    stab = b.op("MatMul", [reduced, b.const(vector)], "stab")
+    b.tails.add_stab(stab, [("dot", reduced, vector)])
+    return stab
+
+
 def stabilizer_total(b: "GraphBuilder", values: list) -> Optional[str]:
     """The sum of the stabilizer shares `values` with every recorded dot product in one Concat + MatMul."""
     tails: Tails = b.tails

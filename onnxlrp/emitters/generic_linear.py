@@ -23,6 +23,7 @@ import numpy as np
 from ..builder import GraphBuilder
 from ..errors import CompileError
 from ..rules import LINEAR_RULES, Rule, modify_weight
+from ..tails import stabilizer_dot
 from .positive import divide_positive, relu_of
 
 DATA_INPUTS = ("x", "pos", "neg")
@@ -568,9 +569,7 @@ def _joint_tails(b: GraphBuilder, op, groups: list, cats: dict) -> tuple:
     stacked = b.op("Reshape", [rows, b.ints([0, len(groups), width])], "r_bias_groups")
     R_b = b.reduce("ReduceSum", stacked, [1], keepdims=False, hint="R_b_full")
     b.tails.add_bias(R_b, width, [(reduced, factors)])
-    stab = b.op("MatMul", [reduced, b.const(vector)], "stab")
-    b.tails.add_stab(stab, [("dot", reduced, vector)])
-    return R_b, [stab]
+    return R_b, [stabilizer_dot(b, reduced, vector)]
 
 
 def _group_tails(b: GraphBuilder, op, groups: list, flat_bias: bool) -> tuple:
@@ -592,9 +591,7 @@ def _group_tails(b: GraphBuilder, op, groups: list, flat_bias: bool) -> tuple:
         if share is None:  # stab = z_g + sign * eps wherever s != 0: the share is sign * eps * sum(s)
             weight = group.coeff * plan.eps_sign * group.eps
             if flat_bias and reduced is not None and factor.size > 1:  # (N, C) @ (C,): sum and scale in one node
-                vector = np.full(factor.size, weight)
-                stab_parts.append(b.op("MatMul", [reduced, b.const(vector)], "stab"))
-                b.tails.add_stab(stab_parts[-1], [("dot", reduced, vector)])
+                stab_parts.append(stabilizer_dot(b, reduced, np.full(factor.size, weight)))
             else:
                 rank = 2 if flat_bias and reduced is not None else op.z_rank  # (N, C) after a flat reduction
                 total = b.per_sample_sum(reduced if reduced is not None else s, "s_sum", rank)

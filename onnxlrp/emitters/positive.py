@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..builder import GraphBuilder
+from ..tails import stabilizer_dot
 from . import NodeView
 
 
@@ -38,10 +39,7 @@ def eps_share(b: GraphBuilder, s: str, eps: float, shape: Optional[tuple]) -> st
     rank = None if shape is None else len(shape)
     if rank is not None and rank >= 3 and isinstance(shape[1], int) and b.layout.axis == 0 and not b.layout.merged:
         reduced = b.reduce("ReduceSum", s, list(range(2, rank)), keepdims=False, hint="s_red")
-        vector = np.full(shape[1], eps)
-        stab = b.op("MatMul", [reduced, b.const(vector)], "stab")
-        b.tails.add_stab(stab, [("dot", reduced, vector)])
-        return stab
+        return stabilizer_dot(b, reduced, np.full(shape[1], eps))
     return b.op("Mul", [b.per_sample_sum(s, "s_sum", rank), b.const(eps)], "stab")
 
 
